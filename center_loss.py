@@ -1,0 +1,256 @@
+"""Center loss (Wen et al., "A Discriminative Feature Learning Approach for Deep
+Face Recognition", ECCV 2016), exact, drop-in and O(B*D) at any class count.
+
+This file depends on torch only: copy it into your project as it is.
+
+    >>> import torch
+    >>> from center_loss import CenterLoss
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Linear(16, 2)              # your network, giving 2-D features
+    >>> center_loss = CenterLoss(num_classes=10, feat_dim=2, use_gpu=False)
+    >>> weight_cent, lr_cent = 1.0, 0.5             # lambda and the centers' learning rate
+    >>> opt_model = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    >>> opt_cent = torch.optim.SGD(center_loss.parameters(), lr=lr_cent)
+    >>> x, labels = torch.randn(8, 16), torch.randint(0, 10, (8,))
+    >>> features = model(x)
+    >>> loss = weight_cent * center_loss(features, labels)  # + your softmax loss
+    >>> opt_model.zero_grad(); opt_cent.zero_grad()
+    >>> loss.backward()
+    >>> for p in center_loss.parameters():
+    ...     p.grad.data *= 1.0 / weight_cent        # lambda must not change how fast centers move
+    >>> opt_model.step(); opt_cent.step()
+    >>> center_loss.centers.shape
+    torch.Size([10, 2])
+"""
+import warnings
+
+import torch
+from torch import nn
+
+__all__ = ["CenterLoss"]
+
+# Bounds of each sample's squared distance, as in the popular implementation
+# (KaiyangZhou/pytorch-center-loss), which clamps its masked distance matrix.
+_MIN_DIST, _MAX_DIST = 1e-12, 1e12
+
+_warned_no_cuda = False
+
+
+class CenterLoss(nn.Module):
+    r"""Center loss with learnable class centers.
+
+    For features :math:`x_i` with labels :math:`y_i` and class centers :math:`c_j`,
+    the per-sample loss is the squared Euclidean distance to the sample's own center,
+
+    .. math::
+        \ell_i = \operatorname{clamp}\big(\lVert x_i - c_{y_i} \rVert_2^2,\ 10^{-12},\ 10^{12}\big)
+
+    and ``reduction='mean'`` (default) gives :math:`L_C = \frac{1}{B}\sum_i \ell_i`.
+    The paper writes :math:`L_C = \frac{1}{2}\sum_i \lVert x_i - c_{y_i}\rVert^2` (eq. 2);
+    the factor 1/2 (and 1/B) is absorbed by the weight :math:`\lambda` of
+    :math:`L = L_S + \lambda L_C` (eq. 5). ``'mean'`` equals the popular PyTorch
+    implementation's value, which builds a B x C distance matrix, masks it with the
+    labels and clamps it: there, each of the B*(C-1) masked-out entries is clamped up to
+    1e-12, adding the constant (C-1)*1e-12 (no gradient) that this class leaves out.
+
+    Only the label's center is gathered, so forward and backward take O(B*D) time and
+    memory (the popular version: O(B*C*D) time and O(B*C) memory). Distances are computed
+    in float32 or wider: float16/bfloat16 features (e.g. under ``torch.autocast``) are
+    upcast, so large distances do not overflow; float64 stays float64. The centers keep
+    their own dtype and device: the module follows ``.to(device)`` / ``.double()``.
+
+    **Center updates.** The centers are an ``nn.Parameter``; how they move is chosen by
+    ``update``:
+
+    * ``'grad'`` (default, as the popular implementation): the centers receive the
+      autograd gradient of the loss, :math:`\partial L_C/\partial c_j`. Because the
+      total loss is scaled by :math:`\lambda`, training code multiplies the centers'
+      gradient by :math:`1/\lambda` before their optimizer step, so :math:`\lambda` sets
+      how hard features are pulled without changing how fast the centers move.
+    * ``'paper'``: Wen et al., Algorithm 1 and eq. 4. After ``loss.backward()`` the
+      centers' gradient is
+
+      .. math::
+          \Delta c_j = \frac{\sum_{i: y_i = j} (c_j - x_i)}{1 + n_j}
+
+      (:math:`n_j` = samples of class :math:`j` in the batch; 0 for absent classes),
+      times the factor by which the scalar loss was scaled before backward (e.g.
+      :math:`\lambda`). The same :math:`1/\lambda` rescaling followed by
+      ``SGD(lr=alpha)`` then performs exactly :math:`c_j \leftarrow c_j - \alpha\,\Delta c_j`,
+      for ``'mean'`` and ``'sum'`` alike. The :math:`1+n_j` damps the step of classes
+      with many samples in the batch, so ``alpha`` in [0, 1] never overshoots the class
+      mean. With ``reduction='none'``, each sample's term is weighted by the gradient
+      that reaches it, as for ``'sum'``.
+
+    Use ``'grad'`` to reproduce the popular implementation's results and
+    hyper-parameters (``lr_cent=0.5``); use ``'paper'`` to follow the paper, where
+    ``alpha`` (the centers' learning rate) is in [0, 1] (the paper uses 0.5).
+    In both modes the gradient with respect to the features is the ordinary one,
+    :math:`2 (x_i - c_{y_i})` times the incoming gradient.
+
+    **Sparse gradients.** With ``sparse=True`` the centers' gradient is a sparse COO
+    tensor whose rows are the batch's labels (as ``nn.Embedding(sparse=True)`` gives),
+    so a step costs the same at 10^6 classes as at 10^3. It works with a plain
+    ``torch.optim.SGD`` (no momentum or weight decay) or ``torch.optim.SparseAdam`` on
+    the centers, and with ``p.grad.data *= 1 / weight_cent``. Its dense value equals
+    the dense mode's.
+
+    Args:
+        num_classes (int): number of classes C (>= 1). Default: 10.
+        feat_dim (int): feature dimension D (>= 1). Default: 2.
+        use_gpu (bool): create the centers on the current CUDA device, as the popular
+            implementation. Without CUDA this warns once and keeps them on the CPU.
+            Default: True.
+        reduction (str): ``'mean'`` | ``'sum'`` | ``'none'``. Default: ``'mean'``.
+        update (str): ``'grad'`` | ``'paper'``, see above. Default: ``'grad'``.
+        sparse (bool): give the centers a sparse gradient. Default: False.
+
+    Shape:
+        - features: :math:`(B, D)`, floating point.
+        - labels: :math:`(B,)`, integer, values in :math:`[0, C)`.
+        - output: scalar, or :math:`(B,)` with ``reduction='none'``. An empty batch
+          (B = 0) gives 0 (``'mean'``/``'sum'``) and zero gradients.
+        - ``centers``: :math:`(C, D)`, initialised from a standard normal as in the
+          popular implementation (so its ``state_dict`` loads into this class).
+
+    Errors: ``TypeError``/``ValueError`` naming the argument and the value, for
+    wrongly shaped or typed inputs, labels out of range and tensors on different
+    devices. Shape, dtype and device checks read metadata only and cost nothing. The
+    label range check reads the labels' min and max: on CUDA this is one small
+    device-to-host copy (a synchronisation) per call. It replaces an indexing error
+    that on CUDA is a device-side assert which kills the process.
+    """
+
+    def __init__(self, num_classes=10, feat_dim=2, use_gpu=True, *,
+                 reduction="mean", update="grad", sparse=False):
+        super().__init__()
+        for name, value in (("num_classes", num_classes), ("feat_dim", feat_dim)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if update not in ("grad", "paper"):
+            raise ValueError(f"update must be 'grad' or 'paper', got {update!r}")
+        self.num_classes = num_classes
+        self.feat_dim = feat_dim
+        self.reduction = reduction
+        self.update = update
+        self.sparse = bool(sparse)
+        self.use_gpu = bool(use_gpu) and _cuda_or_warn()
+        device = "cuda" if self.use_gpu else "cpu"
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim, device=device))
+
+    def extra_repr(self):
+        return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
+                f"reduction={self.reduction!r}, update={self.update!r}, sparse={self.sparse}")
+
+    def forward(self, features, labels):
+        """
+        Args:
+            features: (B, D) floating-point features.
+            labels: (B,) integer class labels in [0, num_classes).
+        """
+        self._check(features, labels)
+        # In 'paper' mode each sample's center gradient is weighted back to the scale
+        # of the loss: 'mean' divides by B in autograd, so the Function multiplies by B.
+        batch = features.shape[0]
+        paper_scale = float(batch) if self.reduction == "mean" else 1.0
+        dist = _CenterDistance.apply(features, self.centers, labels.long(),
+                                     self.update, self.sparse, paper_scale)
+        if self.reduction == "none":
+            return dist
+        loss = dist.sum()
+        return loss / max(batch, 1) if self.reduction == "mean" else loss
+
+    def _check(self, features, labels):
+        if not isinstance(features, torch.Tensor) or not features.is_floating_point():
+            raise TypeError(f"features must be a floating-point tensor, got {_describe(features)}")
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() \
+                or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor, got {_describe(labels)}")
+        if features.dim() != 2 or features.shape[1] != self.feat_dim:
+            raise ValueError(f"features must have shape (batch_size, feat_dim={self.feat_dim}), "
+                             f"got {tuple(features.shape)}")
+        if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+            raise ValueError(f"labels must have shape (batch_size,) = ({features.shape[0]},), "
+                             f"got {tuple(labels.shape)}")
+        if not features.device == labels.device == self.centers.device:
+            raise ValueError(f"features ({features.device}), labels ({labels.device}) and centers "
+                             f"({self.centers.device}) must be on the same device; move them "
+                             f"with .to(device)")
+        if labels.numel():
+            lo, hi = torch.aminmax(labels)
+            lo, hi = int(lo), int(hi)  # the one synchronisation on CUDA
+            if lo < 0 or hi >= self.num_classes:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"labels must be in [0, num_classes={self.num_classes}), "
+                                 f"got a label {bad}")
+
+
+class _CenterDistance(torch.autograd.Function):
+    """Per-sample clamped ||x_i - c_{y_i}||^2 with the center gradient of `update`."""
+
+    @staticmethod
+    def forward(ctx, features, centers, labels, update, sparse, paper_scale):
+        dtype = torch.promote_types(torch.promote_types(features.dtype, centers.dtype),
+                                    torch.float32)
+        # Gather before casting, so nothing of size C x D is ever copied.
+        diff = features.to(dtype) - centers.index_select(0, labels).to(dtype)
+        raw = diff.pow(2).sum(dim=1)
+        ctx.save_for_backward(diff, labels, (raw >= _MIN_DIST) & (raw <= _MAX_DIST))
+        ctx.meta = (update, sparse, paper_scale, centers.shape, centers.dtype, features.dtype)
+        return raw.clamp(_MIN_DIST, _MAX_DIST)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_dist):
+        diff, labels, in_range = ctx.saved_tensors
+        update, sparse, paper_scale, centers_shape, centers_dtype, features_dtype = ctx.meta
+        grad = grad_dist.to(diff.dtype).unsqueeze(1)
+        # d/dx of clamp(||x - c||^2): zero where the clamp is active, as autograd of clamp.
+        grad_x = 2 * diff * (grad * in_range.unsqueeze(1))
+        grad_features = grad_x.to(features_dtype) if ctx.needs_input_grad[0] else None
+        if not ctx.needs_input_grad[1]:
+            return grad_features, None, None, None, None, None
+        if update == "grad":
+            rows = -grad_x
+        else:  # eq. 4: sum_{i: y_i=j} (c_j - x_i) / (1 + n_j), times the loss scale
+            rows = -diff * (grad * paper_scale / (1 + _count_of_own_label(labels)).unsqueeze(1))
+        rows = rows.to(centers_dtype)
+        if sparse:
+            grad_centers = torch.sparse_coo_tensor(labels.unsqueeze(0), rows, centers_shape,
+                                                   check_invariants=False)
+        else:
+            grad_centers = rows.new_zeros(centers_shape).index_add_(0, labels, rows)
+        return grad_features, grad_centers, None, None, None, None
+
+
+def _count_of_own_label(labels):
+    """n_{y_i} for each sample: how many samples in the batch share its label.
+
+    O(B log B) by sorting, no O(C) buffer and no host synchronisation on CUDA.
+    """
+    ordered = labels.sort().values
+    right = torch.searchsorted(ordered, labels, right=True)
+    left = torch.searchsorted(ordered, labels)
+    return right - left
+
+
+def _cuda_or_warn():
+    global _warned_no_cuda
+    if torch.cuda.is_available():
+        return True
+    if not _warned_no_cuda:
+        warnings.warn("CenterLoss(use_gpu=True) but CUDA is not available: the centers stay on "
+                      "the CPU (move them with .to(device))", RuntimeWarning, stacklevel=3)
+        _warned_no_cuda = True
+    return False
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of dtype {value.dtype}"
+    return f"{type(value).__name__}"

@@ -1,0 +1,182 @@
+"""Helpers of the training script: logging, running averages, feature statistics,
+plots and GIFs, checkpoints and the metrics file."""
+import csv
+import os
+import re
+import sys
+
+import torch
+
+__all__ = ["Logger", "AverageMeter", "feature_stats", "project_2d", "plot_features",
+           "make_gif", "plot_curves", "save_checkpoint", "load_checkpoint",
+           "METRICS_FIELDS", "append_metrics", "truncate_metrics"]
+
+
+class Logger:
+    """Writes to the console and to a file, as the popular script's utils.Logger."""
+
+    def __init__(self, path, mode="w"):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.console = sys.stdout
+        self.file = open(path, mode)
+
+    def write(self, msg):
+        self.console.write(msg)
+        self.file.write(msg)
+
+    def flush(self):
+        self.console.flush()
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+class AverageMeter:
+    """The last value and the running average, weighted by batch size."""
+
+    def __init__(self):
+        self.val = self.avg = self.sum = 0.0
+        self.count = 0
+
+    def update(self, val, n=1):
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+def feature_stats(features, labels, num_classes):
+    """What center loss does to the features, in the features' own units:
+
+    - intra: mean Euclidean distance of a feature to its class mean (spread);
+    - inter: smallest distance between two class means (separation);
+    - ratio: intra / inter, scale-free, lower is tighter (the softmax-only
+      features grow without bound, so only the ratio compares runs).
+    """
+    features = features.double()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    means = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+    means = means.index_add_(0, labels, features) / counts.clamp(min=1).unsqueeze(1)
+    intra = (features - means[labels]).norm(dim=1).mean().item()
+    present = means[counts > 0]
+    if len(present) < 2:
+        return intra, float("nan"), float("nan")
+    dist = torch.cdist(present, present)
+    dist.fill_diagonal_(float("inf"))
+    inter = dist.min().item()
+    return intra, inter, intra / inter
+
+
+def project_2d(features):
+    """The features themselves when 2-D, else their first two principal components."""
+    if features.shape[1] <= 2:
+        return features
+    centered = features.double() - features.double().mean(0)
+    _, _, v = torch.linalg.svd(centered, full_matrices=False)
+    return (centered @ v[:2].T).float()
+
+
+def _colors(num_classes):
+    import matplotlib.pyplot as plt
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "hsv")
+    return [cmap(j % cmap.N if num_classes <= 20 else j / num_classes) for j in range(num_classes)]
+
+
+def plot_features(features, labels, classes, path, title):
+    """Scatter of (N, D) features coloured by class, one fixed colour per class."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    points = project_2d(features).numpy()
+    labels = labels.numpy()
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=80)
+    for j, (name, color) in enumerate(zip(classes, _colors(len(classes)))):
+        pts = points[labels == j]
+        ax.scatter(pts[:, 0], pts[:, 1], s=1, color=color, label=name, rasterized=True)
+    if len(classes) <= 20:
+        ax.legend(loc="upper right", markerscale=6, fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def make_gif(frames_dir, path, duration_ms=400):
+    """Assemble frames_dir/epoch_N.png, in epoch order, into an endlessly looping GIF."""
+    from PIL import Image
+    names = [f for f in os.listdir(frames_dir) if re.fullmatch(r"epoch_\d+\.png", f)]
+    names.sort(key=lambda f: int(f[6:-4]))
+    if not names:
+        return
+    frames = []
+    for name in names:
+        with Image.open(os.path.join(frames_dir, name)) as im:
+            frames.append(im.convert("RGB").quantize(colors=64))
+    tmp = path + ".tmp.gif"
+    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=duration_ms,
+                   loop=0, optimize=True)
+    os.replace(tmp, path)
+
+
+METRICS_FIELDS = ["epoch", "loss", "xent_loss", "center_loss", "accuracy", "error_rate",
+                  "intra", "inter", "ratio", "lr_model", "epoch_time_s"]
+
+
+def append_metrics(path, row):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_metrics(path, last_epoch):
+    """Drop rows after `last_epoch`: a resumed run writes those epochs again."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= last_epoch]
+    os.remove(path)
+    for row in rows:
+        append_metrics(path, row)
+
+
+def plot_curves(metrics_path, path):
+    """Test accuracy, losses and the intra/inter-class ratio over epochs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(metrics_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    col = {k: [float(r[k]) for r in rows] for k in METRICS_FIELDS}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=80)
+    axes[0].plot(col["epoch"], col["accuracy"], "o-", ms=3)
+    axes[0].set(title="test accuracy (%)", xlabel="epoch")
+    for key in ("loss", "xent_loss", "center_loss"):
+        if not any(col[key]):  # softmax-only runs have no center loss term
+            continue
+        axes[1].plot(col["epoch"], col[key], "o-", ms=3, label=key)
+    axes[1].set(title="training losses (epoch mean)", xlabel="epoch", yscale="log")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(col["epoch"], col["ratio"], "o-", ms=3)
+    axes[2].set(title="intra / inter-class distance (test)", xlabel="epoch")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temp file, then rename: a kill mid-write keeps the old file."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device):
+    # weights_only=True: unpickling a checkpoint cannot run code.
+    return torch.load(path, map_location=device, weights_only=True)
