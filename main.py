@@ -85,36 +85,48 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
+               data, labels, args):
+    """One step of the popular script: softmax + lambda * center loss, the model's SGD step,
+    then the centers' gradient scaled by 1/lambda and their own SGD step.
+    Returns the features and [loss, xent, lambda * center loss] as floats."""
+    if args.amp:
+        data = data.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
+        features, outputs = model(data)
+        loss_xent = criterion_xent(outputs, labels)
+    # --weight-cent 0 is softmax only: no center loss term, and no division by 0 below.
+    if args.weight_cent > 0:
+        loss_cent = args.weight_cent * criterion_cent(features, labels)
+    else:
+        loss_cent = torch.zeros((), device=data.device)
+    loss = loss_xent + loss_cent
+    values = torch.stack([loss, loss_xent, loss_cent]).tolist()  # one sync per batch
+    if not math.isfinite(values[0]):
+        raise NonFiniteLoss(f"loss is {values[0]}")  # before the step spoils the weights
+    optimizer_model.zero_grad()
+    optimizer_cent.zero_grad()
+    loss.backward()
+    optimizer_model.step()
+    if args.weight_cent > 0:
+        # by doing so, weight_cent would not impact on the learning of centers
+        for param in criterion_cent.parameters():
+            param.grad.data *= (1. / args.weight_cent)
+        optimizer_cent.step()
+    return features, values
+
+
 def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
-          trainloader, device, args, epoch):
+          trainloader, args, epoch):
     model.train()
     xent_losses, cent_losses, losses = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
     all_features, all_labels = [], []
     for batch_idx, (data, labels) in enumerate(trainloader):
-        if args.amp:
-            data = data.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            features, outputs = model(data)
-            loss_xent = criterion_xent(outputs, labels)
-        # --weight-cent 0 is softmax only: no center loss term, and no division by 0 below.
-        if args.weight_cent > 0:
-            loss_cent = args.weight_cent * criterion_cent(features, labels)
-        else:
-            loss_cent = torch.zeros((), device=device)
-        loss = loss_xent + loss_cent
-        values = torch.stack([loss, loss_xent, loss_cent]).tolist()  # one sync per batch
-        if not math.isfinite(values[0]):
-            raise NonFiniteLoss(f"loss is {values[0]} at epoch {epoch + 1}, batch {batch_idx + 1}")
-        optimizer_model.zero_grad()
-        optimizer_cent.zero_grad()
-        loss.backward()
-        optimizer_model.step()
-        if args.weight_cent > 0:
-            # by doing so, weight_cent would not impact on the learning of centers
-            for param in criterion_cent.parameters():
-                param.grad.data *= (1. / args.weight_cent)
-            optimizer_cent.step()
-
+        try:
+            features, values = train_step(model, criterion_xent, criterion_cent,
+                                          optimizer_model, optimizer_cent, data, labels, args)
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f"{e} at epoch {epoch + 1}, batch {batch_idx + 1}") from None
         n = labels.size(0)
         losses.update(values[0], n)
         xent_losses.update(values[1], n)
@@ -234,7 +246,7 @@ def run(args, use_gpu, device):
         lr = optimizer_model.param_groups[0]["lr"]
         loss, xent, cent, train_features, train_labels = train(
             model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
-            trainloader, device, args, epoch)
+            trainloader, args, epoch)
         scheduler.step()
 
         last = epoch + 1 == args.max_epoch
@@ -251,8 +263,8 @@ def run(args, use_gpu, device):
         if acc is not None:
             utils.append_metrics(metrics_path, dict(
                 epoch=epoch + 1, loss=f"{loss:.6f}", xent_loss=f"{xent:.6f}",
-                center_loss=f"{cent:.6f}", accuracy=acc, error_rate=err, intra=f"{intra:.6f}",
-                inter=f"{inter:.6f}", ratio=f"{ratio:.6f}", lr_model=lr,
+                center_loss=f"{cent:.6f}", accuracy=acc, error_rate=err, intra=f"{intra:.6g}",
+                inter=f"{inter:.6g}", ratio=f"{ratio:.6g}", lr_model=lr,
                 epoch_time_s=f"{epoch_time:.1f}"))
             utils.plot_curves(metrics_path, os.path.join(args.save_dir, "curves.png"))
         if args.plot:

@@ -49,3 +49,10 @@ def tiny_data(tmp_path_factory):
     write_dataset(root, "MNIST")
     write_dataset(root, "FashionMNIST", seed=1)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def micro_data(tmp_path_factory):
+    """64 training and 32 test images: for the bf16 path, emulated (slow) on CPUs
+    without bf16 instructions."""
+    return write_dataset(tmp_path_factory.mktemp("micro"), n_train=64, n_test=32)

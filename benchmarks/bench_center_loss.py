@@ -1,0 +1,157 @@
+"""One training step of center loss, side by side: the popular B x C formulation vs ours.
+
+    python benchmarks/bench_center_loss.py            # CPU
+    python benchmarks/bench_center_loss.py --device cuda
+
+A step is forward + backward + the centers' 1/lambda rescaling + a plain SGD step on
+the centers, with B=256. Each (method, classes) pair runs in a fresh subprocess so its
+peak memory is its own: on the CPU, the growth of the peak resident set during the
+steps; on CUDA, torch.cuda.max_memory_allocated above what was allocated before.
+The baseline is KaiyangZhou/pytorch-center-loss's forward, re-implemented here (its
+deprecated addmm_(1, -2, ...) overload written with keywords).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from center_loss import CenterLoss  # noqa: E402
+
+BATCH = 256
+CONFIGS = [(10, 2), (1_000, 512), (100_000, 512), (1_000_000, 512)]  # (classes, feat_dim)
+METHODS = ["popular B x C", "ours dense", "ours sparse"]
+
+
+class PopularCenterLoss(nn.Module):
+    """The popular implementation's forward: O(B*C*D) time, O(B*C) memory."""
+
+    def __init__(self, num_classes, feat_dim, device):
+        super().__init__()
+        self.num_classes = num_classes
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim, device=device))
+
+    def forward(self, x, labels):
+        batch_size = x.size(0)
+        distmat = torch.pow(x, 2).sum(dim=1, keepdim=True).expand(batch_size, self.num_classes) + \
+            torch.pow(self.centers, 2).sum(dim=1, keepdim=True).expand(self.num_classes, batch_size).t()
+        distmat.addmm_(x, self.centers.t(), beta=1, alpha=-2)
+        classes = torch.arange(self.num_classes, device=x.device).long()
+        labels = labels.unsqueeze(1).expand(batch_size, self.num_classes)
+        mask = labels.eq(classes.expand(batch_size, self.num_classes))
+        dist = distmat * mask.float()
+        return dist.clamp(min=1e-12, max=1e+12).sum() / batch_size
+
+
+def baseline_bytes(num_classes):
+    # distmat, mask.float(), the product, the clamp and backward's copies: ~6 B x C floats.
+    return 6 * BATCH * num_classes * 4
+
+
+def available_bytes(device):
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return free
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":") for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def measure(method, num_classes, feat_dim, device, steps, weight_cent=1.0, lr_cent=0.5):
+    """Time and peak memory of one step; runs inside the subprocess."""
+    torch.manual_seed(0)
+    if method == "popular B x C":
+        loss_fn = PopularCenterLoss(num_classes, feat_dim, device)
+    else:
+        loss_fn = CenterLoss(num_classes, feat_dim, use_gpu=False,
+                             sparse=method == "ours sparse").to(device)
+    opt = torch.optim.SGD(loss_fn.parameters(), lr=lr_cent)
+    features = torch.randn(BATCH, feat_dim, device=device, requires_grad=True)
+    labels = torch.randint(0, num_classes, (BATCH,), device=device)
+
+    def step():
+        opt.zero_grad()
+        features.grad = None
+        loss = weight_cent * loss_fn(features, labels)
+        loss.backward()
+        for p in loss_fn.parameters():
+            p.grad.data *= 1.0 / weight_cent
+        opt.step()
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    step()  # warm-up, also allocates the dense gradient once
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = rss_bytes()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return statistics.median(times), max(peak, 0)
+
+
+def run_one(method, num_classes, feat_dim, device, steps):
+    cmd = [sys.executable, __file__, "--child", json.dumps([method, num_classes, feat_dim]),
+           "--device", device, "--steps", str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median is shown)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        method, num_classes, feat_dim = json.loads(args.child)
+        print(json.dumps(measure(method, num_classes, feat_dim, args.device, args.steps)))
+        return
+
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"B={BATCH}, median of {args.steps} steps")
+    print("| classes | D | method | step (ms) | peak extra memory (MB) | vs popular |")
+    print("|---:|---:|---|---:|---:|---:|")
+    results = {}
+    for num_classes, feat_dim in CONFIGS:
+        base = None
+        for method in METHODS:
+            if method == "popular B x C" and baseline_bytes(num_classes) > 0.6 * available_bytes(args.device):
+                print(f"| {num_classes:,} | {feat_dim} | {method} | skipped: needs about "
+                      f"{baseline_bytes(num_classes) / 2**30:.1f} GiB | | |")
+                continue
+            seconds, peak = run_one(method, num_classes, feat_dim, args.device, args.steps)
+            results[(num_classes, method)] = seconds
+            if method == "popular B x C":
+                base = seconds
+            speedup = f"{base / seconds:.1f}x" if base else "n/a"
+            print(f"| {num_classes:,} | {feat_dim} | {method} | {seconds * 1e3:.2f} | "
+                  f"{peak / 2**20:.1f} | {speedup} |", flush=True)
+    small, large = results.get((1_000, "ours sparse")), results.get((1_000_000, "ours sparse"))
+    if small and large:
+        print(f"\nours sparse, 1,000,000 vs 1,000 classes: {large / small:.2f}x the time per step")
+
+
+if __name__ == "__main__":
+    main()

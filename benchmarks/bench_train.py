@@ -1,0 +1,140 @@
+"""Training throughput, side by side: the popular script's per-sample DataLoader pipeline
+vs main.py's in-memory batches, in float32 and with --amp, and the share of an epoch
+spent outside the model step.
+
+    python benchmarks/bench_train.py --data-root ./data
+
+Each pipeline trains LeNet++ + center loss with main.train_step (the same step main.py
+runs) over the first --images training images, after one warm-up batch. "data" is the
+time spent waiting for the next batch, "step" the model step, "other" the rest of the
+loop (loss meters, logging). The plotting cost of a full MNIST epoch (--plot: 60,000
+train and 10,000 test points, and both GIFs rebuilt) is measured separately and added
+to the full-epoch overhead estimate: overhead per batch x 469 batches + plotting.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import datasets  # noqa: E402
+import main  # noqa: E402
+import models  # noqa: E402
+import utils  # noqa: E402
+from center_loss import CenterLoss  # noqa: E402
+
+BATCHES_PER_EPOCH = 469  # MNIST: 60,000 images in batches of 128
+
+
+def popular_loader(root, images, batch_size, workers):
+    """What the popular script does: PIL images through ToTensor + Normalize, per sample."""
+    import torchvision.transforms as T
+    transform = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
+    ds = torchvision_mnist(root, transform)
+    subset = torch.utils.data.Subset(ds, range(images))
+    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=True,
+                                       num_workers=workers, pin_memory=False)
+
+
+def torchvision_mnist(root, transform):
+    import torchvision
+    return torchvision.datasets.MNIST(root, train=True, download=True, transform=transform)
+
+
+def our_loader(root, images, batch_size):
+    loader = datasets.create("mnist", batch_size, use_gpu=False, root=root).trainloader
+    loader.images, loader.labels = loader.images[:images], loader.labels[:images]
+    return loader
+
+
+def run_epoch(loader, amp):
+    args = main.get_parser().parse_args(["--use-cpu"] + (["--amp"] if amp else []))
+    torch.manual_seed(1)
+    model = models.create("cnn", 10)
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    xent, cent = torch.nn.CrossEntropyLoss(), CenterLoss(10, 2, use_gpu=False)
+    opt_m = torch.optim.SGD(model.parameters(), lr=args.lr_model, momentum=0.9, weight_decay=5e-4)
+    opt_c = torch.optim.SGD(cent.parameters(), lr=args.lr_cent)
+    meters = [utils.AverageMeter() for _ in range(3)]
+    devnull = open(os.devnull, "w")
+    data_t = step_t = 0.0
+    n = 0
+    it = iter(loader)
+    first = next(it)  # warm-up batch (worker start-up, one-off allocations) not timed
+    main.train_step(model, xent, cent, opt_m, opt_c, *first, args)
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        try:
+            data, labels = next(it)
+        except StopIteration:
+            break
+        t1 = time.perf_counter()
+        features, values = main.train_step(model, xent, cent, opt_m, opt_c, data, labels, args)
+        t2 = time.perf_counter()
+        data_t, step_t, n = data_t + t1 - t0, step_t + t2 - t1, n + len(labels)
+        for meter, v in zip(meters, values):
+            meter.update(v, len(labels))
+        print("Batch {}\t Loss {:.6f} ({:.6f})".format(n, meters[0].val, meters[0].avg), file=devnull)
+    total = time.perf_counter() - start
+    return n, total, data_t, step_t
+
+
+def plotting_cost(frames=30):
+    """Seconds of --plot per epoch at epoch `frames`: two scatters and two GIF rebuilds."""
+    gen = torch.Generator().manual_seed(0)
+    classes = [str(d) for d in range(10)]
+    with tempfile.TemporaryDirectory() as d:
+        for split, count in (("train", 60000), ("test", 10000)):
+            feats, labels = torch.randn(count, 2, generator=gen), torch.arange(count) % 10
+            for epoch in range(1, frames):  # earlier frames, as on disk by then
+                utils.plot_features(feats[:500], labels[:500], classes,
+                                    os.path.join(d, split, f"epoch_{epoch}.png"), "warm-up")
+        start = time.perf_counter()
+        for split, count in (("train", 60000), ("test", 10000)):
+            feats, labels = torch.randn(count, 2, generator=gen) * 5, torch.arange(count) % 10
+            utils.plot_features(feats, labels, classes,
+                                os.path.join(d, split, f"epoch_{frames}.png"), "mnist")
+            utils.make_gif(os.path.join(d, split), os.path.join(d, f"{split}.gif"))
+        return time.perf_counter() - start
+
+
+def main_():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default="./data")
+    p.add_argument("--images", type=int, default=2048, help="training images per fp32 pipeline")
+    p.add_argument("--amp-images", type=int, default=1024, help="training images for --amp")
+    p.add_argument("--workers", type=int, default=4, help="popular pipeline's -j (its default: 4)")
+    args = p.parse_args()
+
+    plot_s = plotting_cost()
+    rows = [("popular DataLoader (-j %d)" % args.workers, "fp32", False,
+             lambda: popular_loader(args.data_root, args.images, 128, args.workers)),
+            ("ours, in memory", "fp32", False, lambda: our_loader(args.data_root, args.images, 128)),
+            ("ours, in memory", "--amp (bf16)", True,
+             lambda: our_loader(args.data_root, args.amp_images, 128))]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 128; "
+          f"--plot costs {plot_s:.2f} s per epoch (measured at epoch 30)")
+    print("| pipeline | precision | images | images/s | vs popular fp32 | data | step | other "
+          "| overhead, full epoch with --plot |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = None
+    for name, precision, amp, make in rows:
+        n, total, data_t, step_t = run_epoch(make(), amp)
+        rate = n / total
+        base = base or rate
+        per_batch_overhead = (total - step_t) / (n / 128)
+        epoch_overhead = per_batch_overhead * BATCHES_PER_EPOCH + plot_s
+        epoch_total = step_t / (n / 128) * BATCHES_PER_EPOCH + epoch_overhead
+        print(f"| {name} | {precision} | {n} | {rate:.1f} | {rate / base:.2f}x | "
+              f"{100 * data_t / total:.1f}% | {100 * step_t / total:.1f}% | "
+              f"{100 * (total - data_t - step_t) / total:.1f}% | "
+              f"{100 * epoch_overhead / epoch_total:.1f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main_()
