@@ -26,6 +26,7 @@ This file depends on torch only: copy it into your project as it is.
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 __all__ = ["CenterLoss"]
@@ -83,6 +84,18 @@ class CenterLoss(nn.Module):
       mean. With ``reduction='none'``, each sample's term is weighted by the gradient
       that reaches it, as for ``'sum'``.
 
+    **Distributed data parallel.** With ``distributed=True`` (create the module after
+    ``torch.distributed.init_process_group``, on every rank), each rank passes its own
+    shard of the global batch and the module keeps the centers identical everywhere:
+    the first forward broadcasts rank 0's centers; after each backward the centers'
+    gradient is averaged over the ranks, as DDP does for the model's (all-reduce of
+    C x D floats; with ``sparse=True`` an all-gather of the shards' rows, O(B*D) and
+    independent of C); with ``update='paper'`` the counts :math:`n_j` are taken over
+    the global batch (an all-gather of the B labels in forward). With equal shards
+    and a per-rank ``'mean'`` loss, every rank then holds exactly the centers (and,
+    under DDP, the model) a single process would have with the global batch. The
+    collectives use a process group of their own, so they never interleave with DDP's.
+
     Use ``'grad'`` to reproduce the popular implementation's results and
     hyper-parameters (``lr_cent=0.5``); use ``'paper'`` to follow the paper, where
     ``alpha`` (the centers' learning rate) is in [0, 1] (the paper uses 0.5).
@@ -105,6 +118,8 @@ class CenterLoss(nn.Module):
         reduction (str): ``'mean'`` | ``'sum'`` | ``'none'``. Default: ``'mean'``.
         update (str): ``'grad'`` | ``'paper'``, see above. Default: ``'grad'``.
         sparse (bool): give the centers a sparse gradient. Default: False.
+        distributed (bool): keep the centers in sync across the processes of
+            ``torch.distributed``, see above. Default: False.
 
     Shape:
         - features: :math:`(B, D)`, floating point.
@@ -123,7 +138,7 @@ class CenterLoss(nn.Module):
     """
 
     def __init__(self, num_classes=10, feat_dim=2, use_gpu=True, *,
-                 reduction="mean", update="grad", sparse=False):
+                 reduction="mean", update="grad", sparse=False, distributed=False):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("feat_dim", feat_dim)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -142,10 +157,19 @@ class CenterLoss(nn.Module):
         self.use_gpu = bool(use_gpu) and _cuda_or_warn()
         device = "cuda" if self.use_gpu else "cpu"
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim, device=device))
+        self.distributed = bool(distributed)
+        if self.distributed:
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ValueError("distributed=True needs torch.distributed.init_process_group() "
+                                 "to be called first, on every rank")
+            self._group = dist.new_group()  # collective: every rank creates the module
+            self._broadcast_pending = True
+            self.centers.register_post_accumulate_grad_hook(self._average_grad)
 
     def extra_repr(self):
         return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
-                f"reduction={self.reduction!r}, update={self.update!r}, sparse={self.sparse}")
+                f"reduction={self.reduction!r}, update={self.update!r}, sparse={self.sparse}, "
+                f"distributed={self.distributed}")
 
     def forward(self, features, labels):
         """
@@ -154,16 +178,40 @@ class CenterLoss(nn.Module):
             labels: (B,) integer class labels in [0, num_classes).
         """
         self._check(features, labels)
+        labels = labels.long()
+        batch, population, world = features.shape[0], labels, 1
+        if self.distributed:
+            world = dist.get_world_size(self._group)
+            if self._broadcast_pending:
+                with torch.no_grad():
+                    dist.broadcast(self.centers.data, src=0, group=self._group)
+                self._broadcast_pending = False
+            if self.update == "paper":  # n_j over the global batch
+                population = _all_gather_rows(labels, self._group)
         # In 'paper' mode each sample's center gradient is weighted back to the scale
         # of the loss: 'mean' divides by B in autograd, so the Function multiplies by B.
-        batch = features.shape[0]
-        paper_scale = float(batch) if self.reduction == "mean" else 1.0
-        dist = _CenterDistance.apply(features, self.centers, labels.long(),
-                                     self.update, self.sparse, paper_scale)
+        # Under DDP the ranks' gradients are averaged, hence the global batch / world.
+        paper_scale = float(len(population) if self.reduction == "mean" else world)
+        per_sample = _CenterDistance.apply(features, self.centers, labels, population,
+                                           self.update, self.sparse, paper_scale)
         if self.reduction == "none":
-            return dist
-        loss = dist.sum()
+            return per_sample
+        loss = per_sample.sum()
         return loss / max(batch, 1) if self.reduction == "mean" else loss
+
+    def _average_grad(self, centers):
+        """After backward (distributed=True): average the centers' gradient over ranks."""
+        world = dist.get_world_size(self._group)
+        grad = centers.grad
+        if grad.is_sparse:  # send the batch's rows only: O(B*D), whatever C is
+            grad = grad.coalesce()
+            rows = _all_gather_rows(grad.indices()[0], self._group)
+            values = _all_gather_rows(grad.values(), self._group) / world
+            centers.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, grad.shape,
+                                                   check_invariants=False)
+        else:
+            dist.all_reduce(grad, group=self._group)  # SUM: gloo has no AVG
+            grad.div_(world)
 
     def _check(self, features, labels):
         if not isinstance(features, torch.Tensor) or not features.is_floating_point():
@@ -194,49 +242,64 @@ class _CenterDistance(torch.autograd.Function):
     """Per-sample clamped ||x_i - c_{y_i}||^2 with the center gradient of `update`."""
 
     @staticmethod
-    def forward(ctx, features, centers, labels, update, sparse, paper_scale):
+    def forward(ctx, features, centers, labels, population, update, sparse, paper_scale):
         dtype = torch.promote_types(torch.promote_types(features.dtype, centers.dtype),
                                     torch.float32)
         # Gather before casting, so nothing of size C x D is ever copied.
         diff = features.to(dtype) - centers.index_select(0, labels).to(dtype)
         raw = diff.pow(2).sum(dim=1)
-        ctx.save_for_backward(diff, labels, (raw >= _MIN_DIST) & (raw <= _MAX_DIST))
+        ctx.save_for_backward(diff, labels, population, (raw >= _MIN_DIST) & (raw <= _MAX_DIST))
         ctx.meta = (update, sparse, paper_scale, centers.shape, centers.dtype, features.dtype)
         return raw.clamp(_MIN_DIST, _MAX_DIST)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_dist):
-        diff, labels, in_range = ctx.saved_tensors
+        diff, labels, population, in_range = ctx.saved_tensors
         update, sparse, paper_scale, centers_shape, centers_dtype, features_dtype = ctx.meta
         grad = grad_dist.to(diff.dtype).unsqueeze(1)
         # d/dx of clamp(||x - c||^2): zero where the clamp is active, as autograd of clamp.
         grad_x = 2 * diff * (grad * in_range.unsqueeze(1))
         grad_features = grad_x.to(features_dtype) if ctx.needs_input_grad[0] else None
         if not ctx.needs_input_grad[1]:
-            return grad_features, None, None, None, None, None
+            return grad_features, None, None, None, None, None, None
         if update == "grad":
             rows = -grad_x
         else:  # eq. 4: sum_{i: y_i=j} (c_j - x_i) / (1 + n_j), times the loss scale
-            rows = -diff * (grad * paper_scale / (1 + _count_of_own_label(labels)).unsqueeze(1))
+            rows = -diff * (grad * paper_scale / (1 + _count_of_own_label(labels, population)).unsqueeze(1))
         rows = rows.to(centers_dtype)
         if sparse:
             grad_centers = torch.sparse_coo_tensor(labels.unsqueeze(0), rows, centers_shape,
                                                    check_invariants=False)
         else:
             grad_centers = rows.new_zeros(centers_shape).index_add_(0, labels, rows)
-        return grad_features, grad_centers, None, None, None, None
+        return grad_features, grad_centers, None, None, None, None, None
 
 
-def _count_of_own_label(labels):
-    """n_{y_i} for each sample: how many samples in the batch share its label.
+def _count_of_own_label(labels, population):
+    """n_{y_i} for each sample: how many labels of `population` (the batch, or the
+    global batch under DDP) equal its label.
 
     O(B log B) by sorting, no O(C) buffer and no host synchronisation on CUDA.
     """
-    ordered = labels.sort().values
+    ordered = population.sort().values
     right = torch.searchsorted(ordered, labels, right=True)
     left = torch.searchsorted(ordered, labels)
     return right - left
+
+
+def _all_gather_rows(tensor, group):
+    """Concatenate every rank's `tensor` along dim 0; shards may differ in length."""
+    world = dist.get_world_size(group)
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    sizes = [int(n) for n in sizes]
+    padded = tensor.new_zeros((max(sizes),) + tensor.shape[1:])
+    padded[:tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded, group=group)
+    return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
 
 
 def _cuda_or_warn():

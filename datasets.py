@@ -30,13 +30,18 @@ class TensorLoader:
     """Batches of normalised images (N, 1, 28, 28) float32 and labels (N,) int64.
 
     Like a DataLoader with ``drop_last=False``: ``len()`` is the number of batches, and
-    with ``shuffle=True`` each pass draws a new permutation from ``generator``.
+    with ``shuffle=True`` each pass draws a new permutation from ``generator``. With
+    ``world_size`` > 1 (torchrun), every rank draws the same global batches, from the
+    same seeded generator, and yields its own contiguous part of each: the union over
+    the ranks is exactly the batch a single process would get.
     """
 
-    def __init__(self, images, labels, batch_size, mean, std, shuffle=False, generator=None):
+    def __init__(self, images, labels, batch_size, mean, std, shuffle=False, generator=None,
+                 rank=0, world_size=1):
         self.images, self.labels = images, labels
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.shuffle, self.generator = shuffle, generator
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
@@ -46,15 +51,22 @@ class TensorLoader:
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.labels.device)
         for start in range(0, n, self.batch_size):
+            lo, hi = _shard(start, min(start + self.batch_size, n), self.rank, self.world_size)
             if self.shuffle:
-                idx = order[start:start + self.batch_size]
+                idx = order[lo:hi]
                 images, labels = self.images[idx], self.labels[idx]
             else:
-                images = self.images[start:start + self.batch_size]
-                labels = self.labels[start:start + self.batch_size]
+                images, labels = self.images[lo:hi], self.labels[lo:hi]
             # Same as ToTensor() + Normalize((mean,), (std,)) of the popular script.
             images = (images.unsqueeze(1).float() / 255 - self.mean) / self.std
             yield images, labels
+
+
+def _shard(start, stop, rank, world_size):
+    """This rank's contiguous part of [start, stop), as torch.tensor_split splits it."""
+    q, r = divmod(stop - start, world_size)
+    lo = start + rank * q + min(rank, r)
+    return lo, lo + q + (rank < r)
 
 
 class Dataset:
@@ -75,21 +87,37 @@ def _load(cls, root, train, name):
             f"to the folder that holds {cls.__name__}/raw") from None
 
 
-def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1):
+def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
+           rank=0, world_size=1, device=None):
     """Load dataset `name` (one of DATASETS) with torchvision, downloading it to `root`
     when missing. `num_workers` is accepted for compatibility with the popular script
-    and unused: batches are drawn from memory. Raises FileNotFoundError with a message
-    for people when the files are missing and cannot be downloaded.
+    and unused: batches are drawn from memory. `batch_size` is the global batch; with
+    `world_size` > 1 each rank gets its `rank`-th share. Raises FileNotFoundError with
+    a message for people when the files are missing and cannot be downloaded, and
+    ValueError when a training batch cannot be split evenly over the processes.
     """
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
     cls, mean, std, classes = DATASETS[name]
-    device = "cuda" if use_gpu else "cpu"
+    device = device or ("cuda" if use_gpu else "cpu")
     generator = torch.Generator().manual_seed(seed)
     loaders = []
     for train in (True, False):
         ds = _load(cls, root, train, name)
+        if train:
+            _check_divisible(batch_size, len(ds.targets), world_size)
         images, labels = ds.data.to(device), ds.targets.to(device)
         loaders.append(TensorLoader(images, labels, batch_size, mean, std,
-                                    shuffle=train, generator=generator if train else None))
+                                    shuffle=train, generator=generator if train else None,
+                                    rank=rank, world_size=world_size))
     return Dataset(loaders[0], loaders[1], classes, generator)
+
+
+def _check_divisible(batch_size, n, world_size):
+    # Equal shards make the ranks' averaged gradients exactly the global batch's.
+    last = n % batch_size
+    if batch_size % world_size or last % world_size:
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch and must split evenly over "
+            f"{world_size} processes" + (f" (so must the last batch of {last} of the {n} "
+                                         f"training images)" if last % world_size else ""))

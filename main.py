@@ -101,7 +101,9 @@ def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer
     else:
         loss_cent = torch.zeros((), device=data.device)
     loss = loss_xent + loss_cent
-    values = torch.stack([loss, loss_xent, loss_cent]).tolist()  # one sync per batch
+    # Under torchrun: the global batch's mean, so every rank sees the same values.
+    values = utils.all_average(torch.stack([loss, loss_xent, loss_cent]).detach())
+    values = values.tolist()  # one sync per batch
     if not math.isfinite(values[0]):
         raise NonFiniteLoss(f"loss is {values[0]}")  # before the step spoils the weights
     optimizer_model.zero_grad()
@@ -138,29 +140,30 @@ def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent
             print("Batch {}/{}\t Loss {:.6f} ({:.6f}) XentLoss {:.6f} ({:.6f}) CenterLoss {:.6f} ({:.6f})"
                   .format(batch_idx + 1, len(trainloader), losses.val, losses.avg,
                           xent_losses.val, xent_losses.avg, cent_losses.val, cent_losses.avg))
-    features = torch.cat(all_features) if all_features else None
-    labels = torch.cat(all_labels) if all_labels else None
+    features = utils.gather(torch.cat(all_features)) if all_features else None
+    labels = utils.gather(torch.cat(all_labels)) if all_labels else None
     return losses.avg, xent_losses.avg, cent_losses.avg, features, labels
 
 
 @torch.no_grad()
-def test(model, testloader, device, args):
+def test(model, testloader, args):
+    """Accuracy on the whole test set (every rank's shard, under torchrun), and the
+    test features for the statistics and plots."""
     model.eval()
-    correct, total = 0, 0
-    all_features, all_labels = [], []
+    all_features, all_labels, all_correct = [], [], []
     for data, labels in testloader:
         if args.amp:
             data = data.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
             features, outputs = model(data)
-        predictions = outputs.argmax(1)
-        total += labels.size(0)
-        correct += (predictions == labels).sum()
+        all_correct.append((outputs.argmax(1) == labels).cpu())
         all_features.append(features.float().cpu())
         all_labels.append(labels.cpu())
-    acc = round(correct.item() * 100. / total, 2)
+    features, labels, correct = (utils.gather(torch.cat(t))
+                                 for t in (all_features, all_labels, all_correct))
+    acc = round(correct.sum().item() * 100. / len(correct), 2)
     err = round(100. - acc, 2)
-    return acc, err, torch.cat(all_features), torch.cat(all_labels)
+    return acc, err, features, labels
 
 
 def main(argv=None):
@@ -168,27 +171,67 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     use_gpu = torch.cuda.is_available() and not args.use_cpu
-    device = torch.device("cuda" if use_gpu else "cpu")
     if args.resume and not os.path.isfile(args.resume):
         sys.exit(f"error: --resume {args.resume}: no such checkpoint file")
     if args.amp and use_gpu and not torch.cuda.is_bf16_supported():
         sys.exit("error: --amp uses bfloat16 autocast, which this GPU does not support")
+    # Under torchrun: one process per device, gloo on CPU, nccl on CUDA.
+    rank, world, device = utils.init_distributed(use_gpu)
 
     os.makedirs(args.save_dir, exist_ok=True)
-    log = utils.Logger(os.path.join(args.save_dir, f"log_{args.dataset}.txt"),
-                       mode="a" if args.resume else "w")
-    sys.stdout = log
+    if rank == 0:  # only rank 0 prints and writes
+        out = utils.Logger(os.path.join(args.save_dir, f"log_{args.dataset}.txt"),
+                           mode="a" if args.resume else "w")
+    else:
+        out = utils.Logger(os.devnull, console=False)
+    sys.stdout = out
     try:
-        run(args, use_gpu, device)
+        run(args, use_gpu, device, rank, world)
     except NonFiniteLoss as e:
         print(f"Stopped: {e}. The last good checkpoint stays in {args.save_dir}.")
         sys.exit(1)
     finally:
-        sys.stdout = log.console
-        log.close()
+        sys.stdout = out.console
+        out.close()
+        utils.close_distributed()
 
 
-def run(args, use_gpu, device):
+def build(args, dataset, use_gpu, device, world):
+    """The model, both losses, both optimizers and the scheduler of the popular script."""
+    print("Creating model: {}".format(args.model))
+    model = models.create(name=args.model, num_classes=dataset.num_classes, feat_dim=args.feat_dim)
+    model = model.to(device)
+    if args.amp:
+        model = model.to(memory_format=torch.channels_last)
+    criterion_xent = nn.CrossEntropyLoss()
+    criterion_cent = CenterLoss(num_classes=dataset.num_classes, feat_dim=args.feat_dim,
+                                use_gpu=use_gpu, update=args.center_update,
+                                distributed=world > 1).to(device)
+    optimizer_model = torch.optim.SGD(model.parameters(), lr=args.lr_model, weight_decay=5e-04,
+                                      momentum=0.9)
+    optimizer_cent = torch.optim.SGD(criterion_cent.parameters(), lr=args.lr_cent)
+    # step_size 0 (no decay) is a StepLR that never fires, so checkpoints look the same.
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer_model, step_size=args.stepsize or 10**9,
+                                                gamma=args.gamma)
+    return model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent, scheduler
+
+
+def state(epoch, model, criterion_cent, optimizer_model, optimizer_cent, scheduler, dataset,
+          elapsed_s, args):
+    """Everything a bit-identical resume needs, as plain tensors and numbers."""
+    return {"epoch": epoch,
+            "model": model.state_dict(),
+            "center_loss": criterion_cent.state_dict(),
+            "optimizer_model": optimizer_model.state_dict(),
+            "optimizer_cent": optimizer_cent.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "shuffle_rng": dataset.generator.get_state(),
+            "cpu_rng": torch.get_rng_state(),
+            "elapsed_s": elapsed_s,
+            "args": vars(args)}
+
+
+def run(args, use_gpu, device, rank, world):
     print("==========\nArgs:{}\n==========".format(args))
     if use_gpu:
         print("Currently using GPU: {}".format(args.gpu))
@@ -196,30 +239,18 @@ def run(args, use_gpu, device):
         torch.cuda.manual_seed_all(args.seed)
     else:
         print("Currently using CPU")
+    if world > 1:
+        print("Distributed: {} processes, backend {}".format(world, utils.backend()))
 
     print("Creating dataset: {}".format(args.dataset))
     try:
         dataset = datasets.create(name=args.dataset, batch_size=args.batch_size, use_gpu=use_gpu,
-                                  num_workers=args.workers, root=args.data_root, seed=args.seed)
-    except FileNotFoundError as e:
+                                  num_workers=args.workers, root=args.data_root, seed=args.seed,
+                                  rank=rank, world_size=world, device=device)
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    trainloader, testloader = dataset.trainloader, dataset.testloader
-
-    print("Creating model: {}".format(args.model))
-    model = models.create(name=args.model, num_classes=dataset.num_classes, feat_dim=args.feat_dim)
-    model = model.to(device)
-    if args.amp:
-        model = model.to(memory_format=torch.channels_last)
-
-    criterion_xent = nn.CrossEntropyLoss()
-    criterion_cent = CenterLoss(num_classes=dataset.num_classes, feat_dim=args.feat_dim,
-                                use_gpu=use_gpu, update=args.center_update)
-    optimizer_model = torch.optim.SGD(model.parameters(), lr=args.lr_model, weight_decay=5e-04,
-                                      momentum=0.9)
-    optimizer_cent = torch.optim.SGD(criterion_cent.parameters(), lr=args.lr_cent)
-    # step_size 0 (no decay) is a StepLR that never fires, so checkpoints look the same.
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer_model, step_size=args.stepsize or 10**9,
-                                                gamma=args.gamma)
+    parts = build(args, dataset, use_gpu, device, world)
+    model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent, scheduler = parts
 
     checkpoint_path = os.path.join(args.save_dir, "checkpoint.pth.tar")
     metrics_path = os.path.join(args.save_dir, "metrics.csv")
@@ -234,60 +265,67 @@ def run(args, use_gpu, device):
         dataset.generator.set_state(ckpt["shuffle_rng"])
         torch.set_rng_state(ckpt["cpu_rng"])
         start_epoch, elapsed_before = ckpt["epoch"], ckpt["elapsed_s"]
-        utils.truncate_metrics(metrics_path, start_epoch)
+        if rank == 0:
+            utils.truncate_metrics(metrics_path, start_epoch)
         print("Resumed from {} at epoch {}".format(args.resume, start_epoch))
-    elif os.path.exists(metrics_path):
+    elif rank == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
+    # DDP averages the model's gradients over the ranks; CenterLoss(distributed=True)
+    # does the same for the centers. Checkpoints hold the plain model's weights.
+    trained = utils.wrap_ddp(model, device) if world > 1 else model
 
     start_time = time.time()
     for epoch in range(start_epoch, args.max_epoch):
         print("==> Epoch {}/{}".format(epoch + 1, args.max_epoch))
         epoch_start = time.time()
         lr = optimizer_model.param_groups[0]["lr"]
-        loss, xent, cent, train_features, train_labels = train(
-            model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
-            trainloader, args, epoch)
+        losses = train(trained, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
+                       dataset.trainloader, args, epoch)
         scheduler.step()
-
         last = epoch + 1 == args.max_epoch
-        acc = None
         if (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0) or last:
             print("==> Test")
-            acc, err, test_features, test_labels = test(model, testloader, device, args)
-            print("Accuracy (%): {}\t Error rate (%): {}".format(acc, err))
-            intra, inter, ratio = utils.feature_stats(test_features, test_labels,
-                                                      dataset.num_classes)
-            print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
-                  .format(intra, inter, ratio))
-        epoch_time = time.time() - epoch_start
-        if acc is not None:
-            utils.append_metrics(metrics_path, dict(
-                epoch=epoch + 1, loss=f"{loss:.6f}", xent_loss=f"{xent:.6f}",
-                center_loss=f"{cent:.6f}", accuracy=acc, error_rate=err, intra=f"{intra:.6g}",
-                inter=f"{inter:.6g}", ratio=f"{ratio:.6g}", lr_model=lr,
-                epoch_time_s=f"{epoch_time:.1f}"))
-            utils.plot_curves(metrics_path, os.path.join(args.save_dir, "curves.png"))
-        if args.plot:
-            plot_epoch(args, dataset, epoch, "train", train_features, train_labels, acc)
-            if acc is not None:
-                plot_epoch(args, dataset, epoch, "test", test_features, test_labels, acc)
+            evaluation = test(model, dataset.testloader, args)
+        else:
+            evaluation = None
+        if rank == 0:
+            record(args, dataset, epoch, losses, evaluation, lr, time.time() - epoch_start)
+            utils.save_checkpoint(state(epoch + 1, model, criterion_cent, optimizer_model,
+                                        optimizer_cent, scheduler, dataset,
+                                        elapsed_before + time.time() - start_time, args),
+                                  checkpoint_path)
 
-        utils.save_checkpoint({
-            "epoch": epoch + 1,
-            "model": model.state_dict(),
-            "center_loss": criterion_cent.state_dict(),
-            "optimizer_model": optimizer_model.state_dict(),
-            "optimizer_cent": optimizer_cent.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "shuffle_rng": dataset.generator.get_state(),
-            "cpu_rng": torch.get_rng_state(),
-            "elapsed_s": elapsed_before + time.time() - start_time,
-            "args": vars(args),
-        }, checkpoint_path)
-
+    if world > 1:  # a cheap end-of-run proof that DDP and the centers' sync held
+        same = utils.ranks_identical(model, criterion_cent)
+        print("Processes in sync: " + ("model and centers identical on all {} ranks".format(world)
+                                       if same else "NO, the ranks' weights differ"))
     elapsed = round(elapsed_before + time.time() - start_time)
     elapsed = str(datetime.timedelta(seconds=elapsed))
     print("Finished. Total elapsed time (h:m:s): {}".format(elapsed))
+
+
+def record(args, dataset, epoch, losses, evaluation, lr, epoch_time):
+    """Rank 0's per-epoch output: accuracy and feature statistics, metrics.csv and
+    curves.png, and with --plot the feature frames and GIFs."""
+    loss, xent, cent, train_features, train_labels = losses
+    if args.plot:
+        plot_epoch(args, dataset, epoch, "train", train_features, train_labels,
+                   evaluation and evaluation[0])
+    if evaluation is None:
+        return
+    acc, err, test_features, test_labels = evaluation
+    print("Accuracy (%): {}\t Error rate (%): {}".format(acc, err))
+    intra, inter, ratio = utils.feature_stats(test_features, test_labels, dataset.num_classes)
+    print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
+          .format(intra, inter, ratio))
+    metrics_path = os.path.join(args.save_dir, "metrics.csv")
+    utils.append_metrics(metrics_path, dict(
+        epoch=epoch + 1, loss=f"{loss:.6f}", xent_loss=f"{xent:.6f}", center_loss=f"{cent:.6f}",
+        accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
+        ratio=f"{ratio:.6g}", lr_model=lr, epoch_time_s=f"{epoch_time:.1f}"))
+    utils.plot_curves(metrics_path, os.path.join(args.save_dir, "curves.png"))
+    if args.plot:
+        plot_epoch(args, dataset, epoch, "test", test_features, test_labels, acc)
 
 
 def plot_epoch(args, dataset, epoch, split, features, labels, acc):

@@ -6,22 +6,85 @@ import re
 import sys
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["Logger", "AverageMeter", "feature_stats", "project_2d", "plot_features",
+__all__ = ["init_distributed", "close_distributed", "backend", "wrap_ddp", "gather",
+           "all_average", "ranks_identical", "Logger", "AverageMeter", "feature_stats", "project_2d", "plot_features",
            "make_gif", "plot_curves", "save_checkpoint", "load_checkpoint",
            "METRICS_FIELDS", "append_metrics", "truncate_metrics"]
+
+
+def init_distributed(use_gpu):
+    """(rank, world size, device) of this process. Under torchrun (WORLD_SIZE > 1) this
+    joins the process group: one process per device, nccl on CUDA, gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device("cuda" if use_gpu else "cpu")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if use_gpu:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if use_gpu else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def close_distributed():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def backend():
+    return dist.get_backend()
+
+
+def wrap_ddp(model, device):
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _world():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather(tensor):
+    """Every rank's CPU `tensor`, concatenated along dim 0 (shards may differ in size)."""
+    if _world() == 1:
+        return tensor
+    parts = [None] * _world()
+    dist.all_gather_object(parts, tensor)
+    return torch.cat(parts)
+
+
+def all_average(tensor):
+    """The mean of `tensor` over the ranks (itself in a single process)."""
+    if _world() == 1:
+        return tensor
+    dist.all_reduce(tensor)
+    return tensor / _world()
+
+
+def ranks_identical(*modules):
+    """Whether every rank holds bit-identical state in `modules` (one gather)."""
+    mine = [t.detach().cpu() for m in modules for t in m.state_dict().values()]
+    parts = [None] * _world()
+    dist.all_gather_object(parts, mine)
+    return all(torch.equal(a, b) for other in parts[1:] for a, b in zip(parts[0], other))
 
 
 class Logger:
     """Writes to the console and to a file, as the popular script's utils.Logger."""
 
-    def __init__(self, path, mode="w"):
+    def __init__(self, path, mode="w", console=True):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.console = sys.stdout
+        self.echo = console
         self.file = open(path, mode)
 
     def write(self, msg):
-        self.console.write(msg)
+        if self.echo:
+            self.console.write(msg)
         self.file.write(msg)
 
     def flush(self):

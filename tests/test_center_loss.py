@@ -93,7 +93,7 @@ def test_gradcheck_centers_grad_mode():
     loss_fn, x, y = make()
     centers = loss_fn.centers.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda f, c: _CenterDistance.apply(f, c, y, "grad", False, 1.0), (x, centers))
+        lambda f, c: _CenterDistance.apply(f, c, y, y, "grad", False, 1.0), (x, centers))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
