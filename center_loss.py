@@ -230,8 +230,7 @@ class CenterLoss(nn.Module):
                              f"({self.centers.device}) must be on the same device; move them "
                              f"with .to(device)")
         if labels.numel():
-            lo, hi = torch.aminmax(labels)
-            lo, hi = int(lo), int(hi)  # the one synchronisation on CUDA
+            lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # the one sync on CUDA
             if lo < 0 or hi >= self.num_classes:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"labels must be in [0, num_classes={self.num_classes}), "
@@ -257,16 +256,17 @@ class _CenterDistance(torch.autograd.Function):
     def backward(ctx, grad_dist):
         diff, labels, population, in_range = ctx.saved_tensors
         update, sparse, paper_scale, centers_shape, centers_dtype, features_dtype = ctx.meta
-        grad = grad_dist.to(diff.dtype).unsqueeze(1)
+        grad = grad_dist.to(diff.dtype)
         # d/dx of clamp(||x - c||^2): zero where the clamp is active, as autograd of clamp.
-        grad_x = 2 * diff * (grad * in_range.unsqueeze(1))
+        grad_x = diff * (2 * grad * in_range).unsqueeze(1)
         grad_features = grad_x.to(features_dtype) if ctx.needs_input_grad[0] else None
         if not ctx.needs_input_grad[1]:
             return grad_features, None, None, None, None, None, None
         if update == "grad":
             rows = -grad_x
         else:  # eq. 4: sum_{i: y_i=j} (c_j - x_i) / (1 + n_j), times the loss scale
-            rows = -diff * (grad * paper_scale / (1 + _count_of_own_label(labels, population)).unsqueeze(1))
+            own = _count_of_own_label(labels, population)
+            rows = diff * (-paper_scale * grad / (1 + own)).unsqueeze(1)
         rows = rows.to(centers_dtype)
         if sparse:
             grad_centers = torch.sparse_coo_tensor(labels.unsqueeze(0), rows, centers_shape,

@@ -169,7 +169,10 @@ def test(model, testloader, args):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     torch.manual_seed(args.seed)
-    os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    # Under torchrun each machine runs LOCAL_WORLD_SIZE processes, one per device: the
+    # default --gpu 0 would hide all devices but one, so it then keeps them all visible.
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= len(args.gpu.split(",")):
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     use_gpu = torch.cuda.is_available() and not args.use_cpu
     if args.resume and not os.path.isfile(args.resume):
         sys.exit(f"error: --resume {args.resume}: no such checkpoint file")

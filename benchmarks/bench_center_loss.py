@@ -5,15 +5,16 @@
 
 A step is forward + backward + the centers' 1/lambda rescaling + a plain SGD step on
 the centers, with B=256. Each (method, classes) pair runs in a fresh subprocess so its
-peak memory is its own: on the CPU, the growth of the peak resident set during the
-steps; on CUDA, torch.cuda.max_memory_allocated above what was allocated before.
+peak memory is its own: what the steps need beyond the centers and the inputs (the
+centers' gradient and all temporaries), on the CPU the peak resident set (VmHWM, reset
+after a warm-up step) above the resident set before, on CUDA
+torch.cuda.max_memory_allocated above what was allocated before.
 The baseline is KaiyangZhou/pytorch-center-loss's forward, re-implemented here (its
 deprecated addmm_(1, -2, ...) overload written with keywords).
 """
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -64,12 +65,16 @@ def available_bytes(device):
     return int(info["MemAvailable"].split()[0]) * 1024
 
 
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def proc_status_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
 
 
-def measure(method, num_classes, feat_dim, device, steps, weight_cent=1.0, lr_cent=0.5):
+def measure(method, num_classes, feat_dim, device, steps, min_seconds=1.0, weight_cent=1.0,
+            lr_cent=0.5):
     """Time and peak memory of one step; runs inside the subprocess."""
     torch.manual_seed(0)
     if method == "popular B x C":
@@ -91,15 +96,21 @@ def measure(method, num_classes, feat_dim, device, steps, weight_cent=1.0, lr_ce
         opt.step()
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    step()  # warm-up, also allocates the dense gradient once
+    step()  # warm-up: one-off allocations of the first call are not a step's memory
     sync()
+    opt.zero_grad()
+    features.grad = None
+    # From here memory counts: what a step needs beyond the centers and the inputs,
+    # the centers' gradient included.
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        before = rss_bytes()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set (VmHWM) to the current one
+        before = proc_status_bytes("VmRSS")
     times = []
-    for _ in range(steps):
+    while len(times) < steps or sum(times) < min_seconds:
         start = time.perf_counter()
         step()
         sync()
@@ -107,8 +118,8 @@ def measure(method, num_classes, feat_dim, device, steps, weight_cent=1.0, lr_ce
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() - before
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return statistics.median(times), max(peak, 0)
+        peak = proc_status_bytes("VmHWM") - before
+    return statistics.median(times), max(peak, 0), len(times)
 
 
 def run_one(method, num_classes, feat_dim, device, steps):
@@ -121,7 +132,8 @@ def run_one(method, num_classes, feat_dim, device, steps):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--steps", type=int, default=5, help="timed steps (median is shown)")
+    p.add_argument("--steps", type=int, default=5,
+                   help="timed steps at least, and more until 1 s is timed (median is shown)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -130,23 +142,23 @@ def main():
         return
 
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"B={BATCH}, median of {args.steps} steps")
-    print("| classes | D | method | step (ms) | peak extra memory (MB) | vs popular |")
-    print("|---:|---:|---|---:|---:|---:|")
+          f"B={BATCH}, median step time")
+    print("| classes | D | method | step (ms) | steps timed | peak memory of a step (MB) | vs popular |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
     results = {}
     for num_classes, feat_dim in CONFIGS:
         base = None
         for method in METHODS:
             if method == "popular B x C" and baseline_bytes(num_classes) > 0.6 * available_bytes(args.device):
                 print(f"| {num_classes:,} | {feat_dim} | {method} | skipped: needs about "
-                      f"{baseline_bytes(num_classes) / 2**30:.1f} GiB | | |")
+                      f"{baseline_bytes(num_classes) / 2**30:.1f} GiB | | | |")
                 continue
-            seconds, peak = run_one(method, num_classes, feat_dim, args.device, args.steps)
+            seconds, peak, timed = run_one(method, num_classes, feat_dim, args.device, args.steps)
             results[(num_classes, method)] = seconds
             if method == "popular B x C":
                 base = seconds
             speedup = f"{base / seconds:.1f}x" if base else "n/a"
-            print(f"| {num_classes:,} | {feat_dim} | {method} | {seconds * 1e3:.2f} | "
+            print(f"| {num_classes:,} | {feat_dim} | {method} | {seconds * 1e3:.2f} | {timed} | "
                   f"{peak / 2**20:.1f} | {speedup} |", flush=True)
     small, large = results.get((1_000, "ours sparse")), results.get((1_000_000, "ours sparse"))
     if small and large:
