@@ -1,7 +1,7 @@
 """Train LeNet++ on MNIST with softmax + center loss and watch the 2-D features cluster.
 
     python main.py --gpu 0 --plot            # as the popular implementation
-    python main.py --use-cpu --amp --plot    # on a CPU: bf16 autocast, about 2x faster
+    python main.py --amp --plot              # bf16 autocast: for GPUs and bf16-capable CPUs
     python main.py --weight-cent 0 --plot    # softmax only, for comparison
     python main.py --resume log/checkpoint.pth.tar   # continue an interrupted run
 

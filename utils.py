@@ -80,7 +80,7 @@ class Logger:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.console = sys.stdout
         self.echo = console
-        self.file = open(path, mode)
+        self.file = open(path, mode, buffering=1)  # line-buffered: a killed run keeps its log
 
     def write(self, msg):
         if self.echo:
