@@ -130,6 +130,21 @@ def test_torchrun_reproduces_single_process(update, tmp_path, tiny_data):
     assert result.stdout.count("==> Epoch 1/2") == 1
 
 
+def test_torchrun_resume(tmp_path, tiny_data):
+    flags = ["--data-root", tiny_data, "--use-cpu", "--batch-size", "128", "--eval-freq", "1",
+             "--save-dir", str(tmp_path)]
+    assert torchrun(*flags, "--max-epoch", "1").returncode == 0
+    result = torchrun(*flags, "--max-epoch", "2",
+                      "--resume", str(tmp_path / "checkpoint.pth.tar"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Resumed from") == 1 and "==> Epoch 2/2" in result.stdout
+    assert "Processes in sync: model and centers identical on all 2 ranks" in result.stdout
+    assert utils.load_checkpoint(str(tmp_path / "checkpoint.pth.tar"), "cpu")["epoch"] == 2
+    with open(tmp_path / "log_mnist.txt") as f:
+        log = f.read()
+    assert log.count("==> Epoch 1/1") == 1 and log.count("==> Epoch 2/2") == 1
+
+
 def test_torchrun_refuses_a_batch_that_does_not_split(tmp_path, tiny_data):
     result = torchrun("--data-root", tiny_data, "--use-cpu", "--batch-size", "33",
                       "--save-dir", str(tmp_path))

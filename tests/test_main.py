@@ -203,6 +203,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path, tiny_data):
     resumed = cli(*flags, "--save-dir", killed, "--resume", os.path.join(killed, "checkpoint.pth.tar"))
     assert resumed.returncode == 0, resumed.stderr
     assert "Resumed from" in resumed.stdout
+    killed_log = read(os.path.join(killed, "log_mnist.txt"))  # kept across the kill, appended
+    assert killed_log.count("==> Epoch 1/2") == 1 and killed_log.count("Resumed from") == 1
     a, b = checkpoint(whole), checkpoint(killed)
     assert a["epoch"] == b["epoch"] == 2
     for key in ("model", "center_loss"):
