@@ -84,6 +84,12 @@ class CenterLoss(nn.Module):
       mean. With ``reduction='none'``, each sample's term is weighted by the gradient
       that reaches it, as for ``'sum'``.
 
+    Use ``'grad'`` to reproduce the popular implementation's results and
+    hyper-parameters (``lr_cent=0.5``); use ``'paper'`` to follow the paper, where
+    ``alpha`` (the centers' learning rate) is in [0, 1] (the paper uses 0.5).
+    In both modes the gradient with respect to the features is the ordinary one,
+    :math:`2 (x_i - c_{y_i})` times the incoming gradient.
+
     **Distributed data parallel.** With ``distributed=True`` (create the module after
     ``torch.distributed.init_process_group``, on every rank), each rank passes its own
     shard of the global batch and the module keeps the centers identical everywhere:
@@ -95,12 +101,6 @@ class CenterLoss(nn.Module):
     and a per-rank ``'mean'`` loss, every rank then holds exactly the centers (and,
     under DDP, the model) a single process would have with the global batch. The
     collectives use a process group of their own, so they never interleave with DDP's.
-
-    Use ``'grad'`` to reproduce the popular implementation's results and
-    hyper-parameters (``lr_cent=0.5``); use ``'paper'`` to follow the paper, where
-    ``alpha`` (the centers' learning rate) is in [0, 1] (the paper uses 0.5).
-    In both modes the gradient with respect to the features is the ordinary one,
-    :math:`2 (x_i - c_{y_i})` times the incoming gradient.
 
     **Sparse gradients.** With ``sparse=True`` the centers' gradient is a sparse COO
     tensor whose rows are the batch's labels (as ``nn.Embedding(sparse=True)`` gives),

@@ -176,6 +176,16 @@ def test_sparse_with_sgd_and_rescaling_matches_dense():
     torch.testing.assert_close(results[1], results[0])
 
 
+def test_sparse_with_sparse_adam_moves_only_batch_rows():
+    loss_fn, x, y = make(num_classes=50, batch=8, dtype=torch.float32, sparse=True)
+    before = loss_fn.centers.detach().clone()
+    opt = torch.optim.SparseAdam(loss_fn.parameters(), lr=0.1)
+    loss_fn(x, y).backward()
+    opt.step()
+    moved = (loss_fn.centers.detach() != before).any(1)
+    assert set(moved.nonzero().flatten().tolist()) == set(y.tolist())
+
+
 def test_sparse_large_class_count_touches_only_batch_rows():
     loss_fn, x, y = make(num_classes=1_000_000, feat_dim=8, batch=32, dtype=torch.float32,
                          sparse=True)
