@@ -85,16 +85,22 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def forward(model, data, args):
+    """The model on one batch; with --amp in bf16 autocast, channels_last to match the
+    weights' layout (set in build()) so convolutions take the fast path."""
+    if args.amp:
+        data = data.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
+        return model(data)
+
+
 def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
                data, labels, args):
     """One step of the popular script: softmax + lambda * center loss, the model's SGD step,
     then the centers' gradient scaled by 1/lambda and their own SGD step.
     Returns the features and [loss, xent, lambda * center loss] as floats."""
-    if args.amp:
-        data = data.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
-        features, outputs = model(data)
-        loss_xent = criterion_xent(outputs, labels)
+    features, outputs = forward(model, data, args)
+    loss_xent = criterion_xent(outputs.float(), labels)  # autocast would do the same upcast
     # --weight-cent 0 is softmax only: no center loss term, and no division by 0 below.
     if args.weight_cent > 0:
         loss_cent = args.weight_cent * criterion_cent(features, labels)
@@ -152,10 +158,7 @@ def test(model, testloader, args):
     model.eval()
     all_features, all_labels, all_correct = [], [], []
     for data, labels in testloader:
-        if args.amp:
-            data = data.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
-            features, outputs = model(data)
+        features, outputs = forward(model, data, args)
         all_correct.append((outputs.argmax(1) == labels).cpu())
         all_features.append(features.float().cpu())
         all_labels.append(labels.cpu())
