@@ -1,0 +1,316 @@
+"""Evaluating the full MNIST test set, side by side: evaluation.py vs a brute-force version.
+
+    python benchmarks/bench_evaluation.py                  # D=2, then D=128
+    python benchmarks/bench_evaluation.py --feat-dim 512 --repeats 5
+
+N=10,000 float32 features (as main.py hands them over) with the MNIST test set's class
+sizes, 10 classes, 6,000 verification pairs (10 folds), cosine similarity. "Full
+evaluation" is retrieval_metrics + verification_pairs + verification_metrics. The
+features are synthetic and seeded, clustered like trained center-loss features: class
+means on a circle of radius 10 (for D > 2 a circle in a random plane of R^D) plus
+Gaussian noise, 1.5 per coordinate at D=2 and 0.7 above, so that neither set is
+trivial (MAP@R about 0.81 at D=2 and 0.82 at D=128).
+
+The brute-force version, written here, is the textbook one: the full N x N float64
+similarity matrix at once, its diagonal set to -inf, a full argsort of every row, and
+precision@1 / R-precision / MAP@R from the sorted labels; for verification, each fold
+tries every candidate threshold of its training folds (the midpoints between their
+distinct scores, and below / above them all) by comparing it with every pair, AUC
+from the n_same x n_diff matrix of pairwise comparisons, TAR@FAR and the ROC by
+scanning every distinct score as a threshold. Threshold scans are chunked (T x P
+comparisons at a time) so that the brute force still finishes in seconds.
+
+Every repeat asserts that both give the same numbers (to 1e-9; the ROC point by point)
+before any time is printed, so the table also checks evaluation.py. Times are medians
+over --repeats (time.perf_counter). Memory: the largest matrix each holds (theory,
+from the shapes) and the measured peak resident set above the one before the call
+(VmHWM after resetting it through /proc/self/clear_refs; Linux only, else n/a).
+"""
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import evaluation  # noqa: E402
+from evaluation import retrieval_metrics, verification_metrics, verification_pairs  # noqa: E402
+
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # N = 10,000
+NUM_PAIRS = 6000
+FOLDS = 10
+FAR = 1e-3
+TOL = 1e-9
+TARGET_SECONDS = 5.0
+THRESHOLD_CHUNK = 1024  # thresholds compared with all pairs at once in the brute force
+RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r")
+VERIFICATION_KEYS = ("accuracy", "accuracy_std", "auc", "tar_at_far")
+
+
+# ----------------------------------------------------------------------------- data
+
+def synthetic_features(feat_dim, seed=0, radius=10.0, noise=None):
+    """float32 (N, D) features and (N,) labels, shuffled: class c's mean at angle
+    2 pi c / 10 on a circle of the given radius, plus Gaussian noise of standard deviation
+    ``noise`` per coordinate (default 1.5 at D <= 2, as a trained 2-D center-loss test
+    set, and 0.7 above, where more coordinates of noise blur the cosines more)."""
+    if noise is None:
+        noise = 1.5 if feat_dim <= 2 else 0.7
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.repeat_interleave(torch.arange(len(MNIST_TEST_COUNTS)),
+                                     torch.tensor(MNIST_TEST_COUNTS))
+    labels = labels[torch.randperm(len(labels), generator=g)]
+    angles = 2 * math.pi * torch.arange(len(MNIST_TEST_COUNTS), dtype=torch.float64) / len(MNIST_TEST_COUNTS)
+    circle = radius * torch.stack([angles.cos(), angles.sin()], 1)  # (C, 2)
+    if feat_dim == 2:
+        plane = torch.eye(2, dtype=torch.float64)
+    else:  # two orthonormal directions of R^D
+        plane = torch.linalg.qr(torch.randn(feat_dim, 2, generator=g, dtype=torch.float64))[0].T
+    means = circle @ plane  # (C, D)
+    x = means[labels] + noise * torch.randn(len(labels), feat_dim, generator=g, dtype=torch.float64)
+    return x.float(), labels
+
+
+# ----------------------------------------------------------------------- brute force
+
+def brute_retrieval(features, labels):
+    """Full N x N float64 cosine similarities, diagonal -inf, full argsort of each row."""
+    x = features.double()
+    x = x / x.norm(dim=1, keepdim=True)
+    sim = x @ x.T  # N x N float64
+    sim.fill_diagonal_(-math.inf)  # never itself
+    order = torch.argsort(sim, dim=1, descending=True)  # N x N int64
+    del sim
+    rel = labels[order] == labels.unsqueeze(1)  # sorted labels, relevant or not
+    del order
+    r = torch.stack([(labels == c).sum() - 1 for c in labels.unique()])  # per class
+    r = r[torch.searchsorted(labels.unique(), labels)]  # R_q per query
+    keep = r > 0
+    rel, r = rel[keep], r[keep].double()
+    ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float64)
+    rel = (rel & (ranks.unsqueeze(0) <= r.unsqueeze(1))).double()  # positions 1..R_q only
+    hits = rel.cumsum(1)
+    n = len(r)
+    if n == 0:
+        return {"precision_at_1": math.nan, "r_precision": math.nan, "map_at_r": math.nan,
+                "num_queries": 0}
+    return {"precision_at_1": rel[:, 0].sum().item() / n,
+            "r_precision": (hits[:, -1] / r).sum().item() / n,
+            "map_at_r": ((hits / ranks * rel).sum(1) / r).sum().item() / n,
+            "num_queries": n}
+
+
+def _pair_scores(features, labels, pairs):
+    x = features.double()
+    x = x / x.norm(dim=1, keepdim=True)
+    scores = (x[pairs[:, 0]] * x[pairs[:, 1]]).sum(1)
+    return scores, labels[pairs[:, 0]] == labels[pairs[:, 1]]
+
+
+def _count_above(scores, thresholds, strict=True):
+    """How many scores lie above each threshold: a (T x P) comparison per chunk."""
+    out = []
+    for start in range(0, len(thresholds), THRESHOLD_CHUNK):
+        t = thresholds[start:start + THRESHOLD_CHUNK].unsqueeze(1)
+        out.append(((scores.unsqueeze(0) > t) if strict else (scores.unsqueeze(0) >= t)).sum(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def brute_verification(features, labels, pairs, folds=FOLDS, far=FAR):
+    scores, same = _pair_scores(features, labels, pairs)
+    fold_of = torch.arange(len(scores)) // (len(scores) // folds)
+    accs = []
+    for k in range(folds):
+        test = fold_of == k
+        s, y = scores[~test], same[~test]
+        v = torch.unique(s)
+        candidates = torch.cat([v[:1] - 1, (v[1:] + v[:-1]) / 2, v[-1:] + 1])  # ascending
+        best_t, best_correct = None, -1
+        for start in range(0, len(candidates), THRESHOLD_CHUNK):
+            t = candidates[start:start + THRESHOLD_CHUNK]
+            calls = s.unsqueeze(0) > t.unsqueeze(1)  # T x P: "same" at each threshold
+            correct = (calls == y.unsqueeze(0)).sum(1)
+            i = int(torch.argmax(correct))  # the lowest threshold wins ties
+            if int(correct[i]) > best_correct:
+                best_t, best_correct = t[i], int(correct[i])
+        accs.append(((scores[test] > best_t) == same[test]).double().mean())
+    accs = torch.stack(accs)
+    s_same, s_diff = scores[same], scores[~same]
+    n_same, n_diff = len(s_same), len(s_diff)
+    # AUC: every same pair against every different pair, ties one half.
+    greater = (s_same.unsqueeze(1) > s_diff.unsqueeze(0)).sum().item()
+    ties = (s_same.unsqueeze(1) == s_diff.unsqueeze(0)).sum().item()
+    auc = (greater + 0.5 * ties) / (n_same * n_diff)
+    # TAR@FAR: every distinct score (and -inf, accept all) as the threshold of "score > t".
+    t = torch.cat([torch.tensor([-math.inf], dtype=torch.float64), torch.unique(scores)])
+    fa, ta = _count_above(s_diff, t), _count_above(s_same, t)
+    ok = fa <= far * n_diff + 1e-9
+    tar = ta[ok].max().item() / n_same
+    # ROC: "score >= v" at every distinct score v, highest first, from (0, 0).
+    v = torch.unique(scores).flip(0)
+    zero = torch.zeros(1, dtype=torch.float64)
+    fpr = torch.cat([zero, _count_above(s_diff, v, strict=False).double() / n_diff])
+    tpr = torch.cat([zero, _count_above(s_same, v, strict=False).double() / n_same])
+    return {"accuracy": accs.mean().item(), "accuracy_std": accs.std(unbiased=False).item(),
+            "auc": auc, "tar_at_far": tar, "far": float(far), "fpr": fpr, "tpr": tpr}
+
+
+# ------------------------------------------------------------------- measurement
+
+def _status_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def measured(fn, *args):
+    """(result, seconds, peak resident bytes above the start or None)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set (VmHWM) to the current one
+        before = _status_bytes("VmRSS")
+    except OSError:
+        before = None
+    start = time.perf_counter()
+    out = fn(*args)
+    seconds = time.perf_counter() - start
+    peak = None if before is None else max(_status_bytes("VmHWM") - before, 0)
+    return out, seconds, peak
+
+
+def check_agreement(feat_dim, what, ours, brute):
+    """Raise with the exact case when a number differs by more than TOL."""
+    bad = []
+    keys = RETRIEVAL_KEYS + ("num_queries",) if what == "retrieval" else VERIFICATION_KEYS
+    for k in keys:
+        a, b = ours[k], brute[k]
+        if not (abs(a - b) <= TOL or (math.isnan(a) and math.isnan(b))):
+            bad.append(f"{k}: ours {a!r}, brute force {b!r}, |diff| {abs(a - b):.3g}")
+    if what == "verification":
+        for k in ("fpr", "tpr"):
+            a, b = ours[k], brute[k]
+            if a.shape != b.shape:
+                bad.append(f"{k}: ours {tuple(a.shape)} points, brute force {tuple(b.shape)}")
+            elif len(a) and (a - b).abs().max().item() > TOL:
+                i = int((a - b).abs().argmax())
+                bad.append(f"{k}[{i}]: ours {a[i].item()!r}, brute force {b[i].item()!r}")
+    if bad:
+        raise AssertionError(f"D={feat_dim} {what}: ours and brute force disagree:\n  "
+                             + "\n  ".join(bad))
+
+
+def mb(nbytes):
+    return "n/a" if nbytes is None else f"{nbytes / 1e6:,.0f}"
+
+
+def run_dim(feat_dim, repeats):
+    features, labels = synthetic_features(feat_dim)
+    n = len(labels)
+    times = {k: [] for k in ("ours retrieval", "brute retrieval", "pairs",
+                             "ours verification", "brute verification")}
+    peaks = {k: [] for k in times}
+    for _ in range(repeats):
+        steps = [("ours retrieval", retrieval_metrics, (features, labels)),
+                 ("brute retrieval", brute_retrieval, (features, labels)),
+                 ("pairs", verification_pairs, (labels, NUM_PAIRS, 0, FOLDS))]
+        results = {}
+        for name, fn, args in steps:
+            results[name], t, p = measured(fn, *args)
+            times[name].append(t)
+            peaks[name].append(p)
+        pairs = results["pairs"]
+        for name, fn in (("ours verification", verification_metrics),
+                         ("brute verification", brute_verification)):
+            results[name], t, p = measured(fn, features, labels, pairs)
+            times[name].append(t)
+            peaks[name].append(p)
+        check_agreement(feat_dim, "retrieval", results["ours retrieval"], results["brute retrieval"])
+        check_agreement(feat_dim, "verification", results["ours verification"],
+                        results["brute verification"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    peak = {k: (None if None in v else max(v)) for k, v in peaks.items()}
+    full = {"ours": statistics.median([a + b + c for a, b, c in zip(
+                times["ours retrieval"], times["pairs"], times["ours verification"])]),
+            "brute": statistics.median([a + b + c for a, b, c in zip(
+                times["brute retrieval"], times["pairs"], times["brute verification"])])}
+    # Largest matrix each holds, from the shapes (float64 / int64: 8 bytes an element).
+    block = max(1, getattr(evaluation, "_BLOCK_ELEMENTS", 2 ** 23) // n)
+    n_same = n_diff = NUM_PAIRS // 2
+    train = NUM_PAIRS - NUM_PAIRS // FOLDS
+    big = {"ours retrieval": f"{block} x {n:,} float64: {block * n * 8 / 1e6:,.0f} MB",
+           "brute retrieval": f"{n:,} x {n:,} float64 (+ int64 argsort): {n * n * 8 / 1e6:,.0f} MB",
+           "pairs": f"{NUM_PAIRS:,} x 2 int64: {NUM_PAIRS * 16 / 1e6:.2f} MB",
+           "ours verification": f"{NUM_PAIRS:,} float64: {NUM_PAIRS * 8 / 1e6:.2f} MB",
+           "brute verification": f"{n_same:,} x {n_diff:,} AUC ({n_same * n_diff * 8 / 1e6:,.0f} MB "
+                                 f"as float64); {THRESHOLD_CHUNK} x {train:,} threshold chunks"}
+    r, v = results["ours retrieval"], results["ours verification"]
+    rows = [("retrieval (P@1, R-prec, MAP@R)", med["ours retrieval"], med["brute retrieval"],
+             big["ours retrieval"], big["brute retrieval"], peak["ours retrieval"],
+             peak["brute retrieval"]),
+            ("verification pairs (same call)", med["pairs"], med["pairs"], big["pairs"],
+             big["pairs"], peak["pairs"], peak["pairs"]),
+            ("verification (acc, AUC, TAR@FAR, ROC)", med["ours verification"],
+             med["brute verification"], big["ours verification"], big["brute verification"],
+             peak["ours verification"], peak["brute verification"]),
+            ("**full evaluation**", full["ours"], full["brute"], "", "",
+             _max(peak["ours retrieval"], peak["pairs"], peak["ours verification"]),
+             _max(peak["brute retrieval"], peak["pairs"], peak["brute verification"]))]
+    for what, ours, brute, big_o, big_b, peak_o, peak_b in rows:
+        speedup = "(shared)" if what.startswith("verification pairs") else f"{brute / ours:.1f}x"
+        print(f"| {feat_dim} | {what} | {ours:.3f} | {brute:.3f} | {speedup} | "
+              f"{big_o} | {big_b} | {mb(peak_o)} | {mb(peak_b)} |", flush=True)
+    return full["ours"], r, v
+
+
+def _max(*values):
+    return None if None in values else max(values)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--feat-dim", type=int, default=2, help="feature dimension of the first row set")
+    p.add_argument("--second-feat-dim", type=int, default=128,
+                   help="feature dimension of the second row set (0: none)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each (median is shown)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dims = [args.feat_dim] + ([args.second_feat_dim]
+                              if args.second_feat_dim and args.second_feat_dim != args.feat_dim else [])
+    start = time.perf_counter()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"N={sum(MNIST_TEST_COUNTS):,}, {len(MNIST_TEST_COUNTS)} classes, {NUM_PAIRS:,} pairs "
+          f"in {FOLDS} folds, cosine, FAR {FAR:g}; median of {args.repeats}; ours and brute force "
+          f"agree to {TOL:g} on every repeat")
+    # Warm-up on a small set: first-call overheads are no part of either.
+    wf, wl = synthetic_features(2)
+    wf, wl = wf[:200], wl[:200]
+    wp = verification_pairs(wl, 600, 0, FOLDS)
+    retrieval_metrics(wf, wl), brute_retrieval(wf, wl)
+    verification_metrics(wf, wl, wp), brute_verification(wf, wl, wp)
+    print()
+    print("| D | what | ours (s) | brute force (s) | speedup | largest matrix, ours | "
+          "largest matrix, brute force | peak RSS ours (MB) | peak RSS brute force (MB) |")
+    print("|---:|---|---:|---:|---:|---|---|---:|---:|")
+    summary = []
+    for d in dims:
+        summary.append((d,) + run_dim(d, args.repeats))
+    print()
+    for d, full, r, v in summary:
+        met = "met" if full < TARGET_SECONDS else "NOT met"
+        print(f"D={d}: full evaluation {full:.2f} s, target < {TARGET_SECONDS:g} s on 2 CPU cores: "
+              f"{met} ({torch.get_num_threads()} threads); P@1 {r['precision_at_1']:.4f}, "
+              f"R-prec {r['r_precision']:.4f}, MAP@R {r['map_at_r']:.4f}, "
+              f"acc {v['accuracy']:.4f} +- {v['accuracy_std']:.4f}, AUC {v['auc']:.4f}, "
+              f"TAR@FAR={FAR:g} {v['tar_at_far']:.4f}")
+    print(f"\nbenchmark wall time {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

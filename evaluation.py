@@ -1,0 +1,325 @@
+"""How discriminative are the features? Retrieval and verification metrics, exact, torch only.
+
+Center loss is meant to give features that recognise classes the network never trained
+on (Wen et al. 2016 evaluate on LFW and YTF, people disjoint from training). This file
+measures features the way that field does, for any (N, D) features and (N,) labels:
+
+* **Retrieval** (``retrieval_metrics``): every sample queries all the others, as in
+  Musgrave et al., *A Metric Learning Reality Check* (ECCV 2020, Sec. 3.2) and
+  pytorch-metric-learning's ``AccuracyCalculator``: precision@1, R-precision, MAP@R.
+* **Verification** (``verification_pairs``, ``verification_metrics``): same-class /
+  different-class pairs laid out as LFW's ``pairs.txt`` (10 folds), scored by cosine
+  similarity as in the paper; 10-fold accuracy, ROC AUC and TAR at a fixed FAR.
+
+    >>> import torch
+    >>> from evaluation import retrieval_metrics, verification_pairs, verification_metrics
+    >>> g = torch.Generator().manual_seed(0)
+    >>> labels = torch.arange(200) % 4
+    >>> features = torch.randn(200, 8, generator=g) + 3 * torch.eye(8)[labels]
+    >>> r = retrieval_metrics(features, labels)
+    >>> [round(r[k], 3) for k in ("precision_at_1", "r_precision", "map_at_r")]
+    [0.91, 0.752, 0.678]
+    >>> pairs = verification_pairs(labels, num_pairs=600, seed=0)
+    >>> pairs.shape
+    torch.Size([600, 2])
+    >>> v = verification_metrics(features, labels, pairs)
+    >>> [round(v[k], 3) for k in ("accuracy", "auc", "tar_at_far")]
+    [0.857, 0.906, 0.11]
+
+Everything is exact (no approximate search) and runs on the features' device, CPU or
+CUDA. Similarities are computed in float64 so that rankings do not depend on float32
+rounding. Retrieval holds one block of queries against all N samples at a time:
+O(block x N) memory, never the N x N matrix.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["retrieval_metrics", "verification_pairs", "verification_metrics"]
+
+METRICS = ("cosine", "euclidean")
+# Elements of one block of the query-by-sample similarity matrix (float64: 64 MiB).
+_BLOCK_ELEMENTS = 2 ** 23
+
+
+def _check(features, labels):
+    if not isinstance(features, torch.Tensor) or features.dim() != 2:
+        raise ValueError(f"features must be a 2-D tensor (N, D), got "
+                         f"{getattr(features, 'shape', type(features).__name__)}")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point, got {features.dtype}")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
+        raise ValueError(f"labels must be a 1-D integer tensor (N,), got "
+                         f"{getattr(labels, 'shape', type(labels).__name__)}")
+    if len(labels) != len(features):
+        raise ValueError(f"features and labels must have the same N, got {len(features)} "
+                         f"and {len(labels)}")
+
+
+def _prepare(features, metric):
+    """float64 features, unit length for cosine (then a dot product is the cosine)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    features = features.double()
+    return F.normalize(features, dim=1) if metric == "cosine" else features
+
+
+def _similarity(a, b, metric):
+    """Higher is more alike: cosine similarity, or minus the squared L2 distance (which
+    ranks exactly as minus the distance)."""
+    if metric == "cosine":
+        return a @ b.T
+    return -torch.cdist(a, b).square()
+
+
+def retrieval_metrics(features, labels, metric="cosine", block_size=None):
+    r"""Leave-one-out retrieval: each sample queries all the others.
+
+    For a query :math:`q` let :math:`R_q` be the number of *other* samples of its class
+    and rank the other samples by similarity (``'cosine'``) or L2 distance
+    (``'euclidean'``). With :math:`\mathrm{rel}(i)` = 1 when the :math:`i`-th result
+    shares the query's class and :math:`P(i)` the precision of the first :math:`i`:
+
+    * ``precision_at_1``: fraction of queries whose nearest other sample is of their class;
+    * ``r_precision``: mean of :math:`P(R_q)`, the precision of the first :math:`R_q`;
+    * ``map_at_r``: mean of :math:`\frac{1}{R_q}\sum_{i=1}^{R_q} P(i)\,\mathrm{rel}(i)`,
+      which, unlike R-precision, also rewards putting the correct ones first.
+
+    These are Musgrave et al. (ECCV 2020) Sec. 3.2, as pytorch-metric-learning's
+    ``AccuracyCalculator`` computes them with the query set equal to the reference set.
+    A query whose class has no other sample (:math:`R_q = 0`) is left out; with no query
+    left the three values are NaN. Ties in similarity are broken in an unspecified order.
+
+    Args:
+        features: (N, D) floating point tensor, on any device.
+        labels: (N,) integer tensor.
+        metric: ``'cosine'`` (default, as the paper) or ``'euclidean'``.
+        block_size: queries per block; default keeps a block under 2**23 similarities.
+
+    Returns:
+        dict with ``precision_at_1``, ``r_precision``, ``map_at_r`` (floats in [0, 1])
+        and ``num_queries`` (int, the queries not left out).
+    """
+    _check(features, labels)
+    x = _prepare(features, metric)
+    labels = labels.to(x.device)
+    n = len(labels)
+    if block_size is None:
+        block_size = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    r_all = counts[inverse] - 1  # other samples of each sample's class
+    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        r = r_all[start:stop]
+        keep = r > 0
+        if not keep.any():
+            continue
+        rows = torch.arange(start, stop, device=x.device)[keep]
+        r = r[keep]
+        sim = _similarity(x[rows], x, metric)
+        sim[torch.arange(len(rows), device=x.device), rows] = -math.inf  # never itself
+        k = int(r.max())
+        top = sim.topk(k, dim=1).indices  # the first max(R) results, best first
+        rel = (labels[top] == labels[rows].unsqueeze(1)).double()
+        ranks = torch.arange(1, k + 1, device=x.device, dtype=torch.float64)
+        within = ranks.unsqueeze(0) <= r.unsqueeze(1)  # positions 1..R_q of each query
+        rel = rel * within
+        hits = rel.cumsum(1)
+        rd = r.double()
+        sums[0] += rel[:, 0].sum()
+        sums[1] += (hits[:, -1] / rd).sum()
+        sums[2] += ((hits / ranks * rel).sum(1) / rd).sum()
+    num_queries = int((r_all > 0).sum())
+    if num_queries == 0:
+        values = [math.nan] * 3
+    else:
+        values = (sums / num_queries).tolist()
+    return {"precision_at_1": values[0], "r_precision": values[1], "map_at_r": values[2],
+            "num_queries": num_queries}
+
+
+def verification_pairs(labels, num_pairs=6000, seed=0, folds=10):
+    """Pairs of sample indices for verification, laid out as LFW's ``pairs.txt``.
+
+    The result is ``folds`` consecutive blocks of ``num_pairs / folds`` rows; each block
+    holds first its same-class pairs, then as many different-class pairs (LFW: 10 folds
+    of 300 + 300). Same-class pairs are drawn uniformly from all pairs of two distinct
+    samples of one class, different-class pairs uniformly from all pairs of samples of
+    two classes, independently (a pair may repeat when there are few samples); no sample
+    is paired with itself. The same ``labels`` and ``seed`` always give the same pairs,
+    on any device.
+
+    Args:
+        labels: (N,) integer tensor; needs one class with two samples and two classes.
+        num_pairs: a positive multiple of ``2 * folds``. Default: 6000, as LFW.
+        seed: seed of the draw. Default: 0.
+        folds: number of folds. Default: 10, as LFW.
+
+    Returns:
+        LongTensor (num_pairs, 2) of indices into ``labels``, on the CPU.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
+        raise ValueError(f"labels must be a 1-D integer tensor, got "
+                         f"{getattr(labels, 'shape', type(labels).__name__)}")
+    if not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"folds must be a positive int, got {folds!r}")
+    if not isinstance(num_pairs, int) or num_pairs < 1 or num_pairs % (2 * folds):
+        raise ValueError(f"num_pairs must be a positive multiple of 2 * folds = {2 * folds}, "
+                         f"got {num_pairs!r}")
+    labels = labels.cpu()
+    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    if len(classes) < 2 or counts.max() < 2:
+        largest = int(counts.max()) if len(counts) else 0
+        raise ValueError(f"labels: verification pairs need two classes and a class with two "
+                         f"samples, got {len(classes)} classes of at most {largest} samples")
+    g = torch.Generator().manual_seed(seed)
+    half = num_pairs // 2
+    same = _same_pairs(inverse, counts, half, g)
+    diff = _different_pairs(inverse, half, g)
+    per_fold = half // folds
+    return torch.cat([same.view(folds, per_fold, 2), diff.view(folds, per_fold, 2)], 1).view(-1, 2)
+
+
+def _same_pairs(inverse, counts, n, g):
+    """n pairs uniform over all unordered pairs of distinct samples of one class."""
+    order = torch.argsort(inverse, stable=True)  # samples grouped by class
+    offsets = torch.cumsum(counts, 0) - counts
+    pairs_per_class = (counts * (counts - 1) // 2).double()
+    cls = torch.multinomial(pairs_per_class, n, replacement=True, generator=g)
+    size = counts[cls]
+    a = (torch.rand(n, generator=g, dtype=torch.float64) * size).long()
+    b = (torch.rand(n, generator=g, dtype=torch.float64) * (size - 1)).long()
+    b = b + (b >= a)  # a second, different sample of the class
+    return torch.stack([order[offsets[cls] + a], order[offsets[cls] + b]], 1)
+
+
+def _different_pairs(inverse, n, g):
+    """n pairs uniform over all pairs of samples of two classes (rejection sampling:
+    each round keeps the draws whose classes differ)."""
+    found = []
+    total = 0
+    while total < n:
+        i = torch.randint(len(inverse), (2 * n,), generator=g)
+        j = torch.randint(len(inverse), (2 * n,), generator=g)
+        ok = inverse[i] != inverse[j]
+        found.append(torch.stack([i[ok], j[ok]], 1))
+        total += int(ok.sum())
+    return torch.cat(found)[:n]
+
+
+def verification_metrics(features, labels, pairs, metric="cosine", folds=10, far=1e-3):
+    """Face-verification figures of the pairs: is each pair of one class or not?
+
+    A pair's score is the cosine similarity of its two features (``'cosine'``, as the
+    paper's LFW and YTF evaluation) or minus their L2 distance (``'euclidean'``); a pair
+    is called "same" when its score is above a threshold.
+
+    * ``accuracy``, ``accuracy_std``: LFW's protocol. The pairs are split into ``folds``
+      consecutive folds (as ``verification_pairs`` lays them out); for each fold the
+      threshold that maximises the accuracy on the *other* folds is applied to it. Mean
+      and standard deviation (over folds, ``1/folds`` normalisation) of the folds'
+      accuracies.
+    * ``auc``: area under the ROC of all pairs, the probability that a same-class pair
+      scores higher than a different-class pair (ties count one half).
+    * ``tar_at_far``: the largest fraction of same-class pairs accepted by a threshold
+      that accepts at most ``far`` of the different-class pairs.
+    * ``fpr``, ``tpr``: the ROC of all pairs, one point per distinct score, from (0, 0)
+      to (1, 1), as CPU float64 tensors for a plot.
+
+    Args:
+        features: (N, D) floating point tensor.
+        labels: (N,) integer tensor.
+        pairs: (P, 2) integer tensor of indices into ``features``; P a multiple of ``folds``.
+        metric: ``'cosine'`` (default) or ``'euclidean'``.
+        folds: number of folds (default 10).
+        far: false accept rate for ``tar_at_far``, in [0, 1] (default 1e-3).
+
+    Returns:
+        dict with ``accuracy``, ``accuracy_std``, ``auc``, ``tar_at_far``, ``far`` (floats;
+        the fractions in [0, 1]), ``fpr`` and ``tpr``.
+    """
+    _check(features, labels)
+    if (not isinstance(pairs, torch.Tensor) or pairs.dim() != 2 or pairs.shape[1] != 2
+            or pairs.is_floating_point()):
+        raise ValueError(f"pairs must be an integer tensor (P, 2), got "
+                         f"{getattr(pairs, 'shape', type(pairs).__name__)}")
+    if not isinstance(folds, int) or folds < 2 or len(pairs) % folds:
+        raise ValueError(f"folds must be an int >= 2 that divides the {len(pairs)} pairs, "
+                         f"got {folds!r}")
+    if not (isinstance(far, (int, float)) and 0 <= far <= 1):
+        raise ValueError(f"far must be a number in [0, 1], got {far!r}")
+    x = _prepare(features, metric)
+    pairs = pairs.to(x.device)
+    a, b = x[pairs[:, 0]], x[pairs[:, 1]]
+    scores = (a * b).sum(1) if metric == "cosine" else -(a - b).norm(dim=1)
+    same = labels.to(x.device)[pairs[:, 0]] == labels.to(x.device)[pairs[:, 1]]
+    scores, same = scores.cpu(), same.cpu()
+    if same.all() or not same.any():
+        raise ValueError("pairs must hold both same-class and different-class pairs")
+    accs = _fold_accuracies(scores, same, folds)
+    fpr, tpr = _roc(scores, same)
+    return {"accuracy": accs.mean().item(), "accuracy_std": accs.std(unbiased=False).item(),
+            "auc": _auc(scores, same), "tar_at_far": _tar_at_far(scores, same, far),
+            "far": float(far), "fpr": fpr, "tpr": tpr}
+
+
+def _best_threshold(scores, same):
+    """The threshold t maximising the accuracy of "same if score > t" on these pairs:
+    one of the midpoints between consecutive distinct scores, or below/above them all.
+    The lowest such t wins ties, so the result depends on the scores only."""
+    values = torch.unique(scores)  # sorted
+    cuts = torch.cat([values[:1] - 1, (values[1:] + values[:-1]) / 2, values[-1:] + 1])
+    # Correct calls at each cut: same pairs above it plus different pairs at or below it.
+    pos = torch.searchsorted(values, scores)  # index of each score among the values
+    same_at = torch.bincount(pos[same], minlength=len(values)).double()
+    diff_at = torch.bincount(pos[~same], minlength=len(values)).double()
+    zero = torch.zeros(1, dtype=torch.float64)
+    # cut c lies below values[c]: same pairs at values >= c are accepted.
+    same_above = torch.cat([same_at.flip(0).cumsum(0).flip(0), zero])
+    diff_below = torch.cat([zero, diff_at.cumsum(0)])
+    return cuts[torch.argmax(same_above + diff_below)]
+
+
+def _fold_accuracies(scores, same, folds):
+    fold_of = torch.arange(len(scores)) // (len(scores) // folds)
+    accs = []
+    for k in range(folds):
+        test = fold_of == k
+        t = _best_threshold(scores[~test], same[~test])  # never looks at fold k
+        accs.append(((scores[test] > t) == same[test]).double().mean())
+    return torch.stack(accs)
+
+
+def _roc(scores, same):
+    """(fpr, tpr) at every distinct threshold, highest score first, from (0, 0)."""
+    order = torch.argsort(scores, descending=True)
+    s, y = scores[order], same[order].double()
+    last = torch.ones(len(s), dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]  # the last pair of each group of equal scores
+    tp, fp = y.cumsum(0)[last], (1 - y).cumsum(0)[last]
+    zero = torch.zeros(1, dtype=torch.float64)
+    return torch.cat([zero, fp / fp[-1]]), torch.cat([zero, tp / tp[-1]])
+
+
+def _auc(scores, same):
+    """Mann-Whitney U / (n_same * n_diff), with average ranks for ties."""
+    values, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts + 1  # 1-based rank of each value's first pair
+    avg_rank = (first + (counts - 1) / 2).double()[inverse]
+    n_same, n_diff = int(same.sum()), int((~same).sum())
+    u = avg_rank[same].sum().item() - n_same * (n_same + 1) / 2
+    return u / (n_same * n_diff)
+
+
+def _tar_at_far(scores, same, far):
+    """Accept "score > t": at most floor(far * n_diff) different pairs may pass, so t is
+    the (k+1)-th highest different-pair score, and TAR the share of same pairs above it."""
+    diff = torch.sort(scores[~same], descending=True).values
+    k = math.floor(far * len(diff) + 1e-9)
+    if k >= len(diff):
+        return 1.0
+    return (scores[same] > diff[k]).double().mean().item()
