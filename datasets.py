@@ -12,7 +12,7 @@ import os
 import torch
 import torchvision
 
-__all__ = ["create", "DATASETS", "TensorLoader"]
+__all__ = ["create", "split_classes", "DATASETS", "TensorLoader"]
 
 # (torchvision class, mean, std of the training images, short class names for legends)
 DATASETS = {
@@ -70,9 +70,12 @@ def _shard(start, stop, rank, world_size):
 
 
 class Dataset:
-    def __init__(self, trainloader, testloader, classes, generator):
+    def __init__(self, trainloader, testloader, classes, generator, num_seen=None):
         self.trainloader, self.testloader = trainloader, testloader
-        self.classes, self.num_classes = classes, len(classes)
+        # classes: names of the training classes (labels 0..num_seen-1), then of the
+        # held-out ones, which only the test set has (labels num_seen..).
+        self.classes = classes
+        self.num_classes = len(classes) if num_seen is None else num_seen
         self.generator = generator  # the training shuffle's state, for checkpoints
 
 
@@ -88,29 +91,53 @@ def _load(cls, root, train, name):
 
 
 def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
-           rank=0, world_size=1, device=None):
+           rank=0, world_size=1, device=None, holdout=()):
     """Load dataset `name` (one of DATASETS) with torchvision, downloading it to `root`
     when missing. `num_workers` is accepted for compatibility with the popular script
     and unused: batches are drawn from memory. `batch_size` is the global batch; with
     `world_size` > 1 each rank gets its `rank`-th share. Raises FileNotFoundError with
     a message for people when the files are missing and cannot be downloaded, and
     ValueError when a training batch cannot be split evenly over the processes.
+
+    `holdout`: class indices left out of training (open-set evaluation). The training
+    set then has only the other classes, relabelled 0..K-1 in their order; the test set
+    keeps every image, the held-out classes relabelled K, K+1, ... (see `split_classes`).
     """
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
-    cls, mean, std, classes = DATASETS[name]
+    cls, mean, std, names = DATASETS[name]
+    seen, unseen = split_classes(len(names), holdout)
+    relabel = torch.empty(len(names), dtype=torch.long)
+    relabel[seen + unseen] = torch.arange(len(names))
     device = device or ("cuda" if use_gpu else "cpu")
     generator = torch.Generator().manual_seed(seed)
     loaders = []
     for train in (True, False):
         ds = _load(cls, root, train, name)
+        images, labels = ds.data, relabel[ds.targets]
+        if train and unseen:
+            keep = labels < len(seen)
+            images, labels = images[keep], labels[keep]
         if train:
-            _check_divisible(batch_size, len(ds.targets), world_size)
-        images, labels = ds.data.to(device), ds.targets.to(device)
-        loaders.append(TensorLoader(images, labels, batch_size, mean, std,
+            _check_divisible(batch_size, len(labels), world_size)
+        loaders.append(TensorLoader(images.to(device), labels.to(device), batch_size, mean, std,
                                     shuffle=train, generator=generator if train else None,
                                     rank=rank, world_size=world_size))
-    return Dataset(loaders[0], loaders[1], classes, generator)
+    classes = [names[c] for c in seen + unseen]
+    return Dataset(loaders[0], loaders[1], classes, generator, num_seen=len(seen))
+
+
+def split_classes(num_classes, holdout):
+    """(seen, unseen): the class indices trained on, and the held-out ones, both sorted."""
+    unseen = sorted(set(holdout))
+    bad = [c for c in unseen if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"held-out classes must be in 0..{num_classes - 1}, got {bad}")
+    seen = [c for c in range(num_classes) if c not in unseen]
+    if len(seen) < 2:
+        raise ValueError(f"holding out {unseen} leaves {len(seen)} class to train on; "
+                         f"at least 2 are needed")
+    return seen, unseen
 
 
 def _check_divisible(batch_size, n, world_size):

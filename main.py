@@ -4,14 +4,19 @@
     python main.py --amp --plot              # bf16 autocast: for GPUs and bf16-capable CPUs
     python main.py --weight-cent 0 --plot    # softmax only, for comparison
     python main.py --resume log/checkpoint.pth.tar   # continue an interrupted run
+    python main.py --holdout-classes 6,7,8,9 --plot  # open set: 4 classes never trained on
+    python main.py --evaluate --resume log/checkpoint.pth.tar   # evaluate, train nothing
 
 Same flags, defaults, training and console output as KaiyangZhou/pytorch-center-loss,
-plus checkpoints, resuming, the paper's center update, feature statistics and GIFs.
+plus checkpoints, resuming, the paper's center update, feature statistics and GIFs, and
+each evaluation's retrieval and verification figures (evaluation.py) on seen and held-out
+classes.
 """
 import argparse
 import datetime
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -19,6 +24,7 @@ import torch
 from torch import nn
 
 import datasets
+import evaluation
 import models
 import utils
 from center_loss import CenterLoss
@@ -73,12 +79,41 @@ def get_parser():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--use-cpu", action="store_true")
     p.add_argument("--amp", action="store_true",
-                   help="bf16 autocast and channels_last (CPU and CUDA)")
+                   help="bf16 autocast and channels_last (CPU and CUDA; on the CPU "
+                        "channels_last is the default anyway)")
     p.add_argument("--save-dir", type=str, default="log")
     p.add_argument("--resume", type=str, default="", metavar="PATH",
                    help="continue from a checkpoint, e.g. log/checkpoint.pth.tar")
     p.add_argument("--plot", action="store_true", help="plot features every epoch, and GIFs")
+    # open-set evaluation
+    p.add_argument("--holdout-classes", type=str, default="", metavar="LIST",
+                   help="comma-separated classes left out of training, as indices (6,7,8,9) or "
+                        "names (Coat,Shirt); the test set evaluates them as unseen classes")
+    p.add_argument("--evaluate", action="store_true",
+                   help="with --resume: evaluate that checkpoint, train nothing")
     return p
+
+
+def parse_holdout(text, dataset):
+    """The class indices named in --holdout-classes (indices or the dataset's class
+    names, case-insensitive), sorted; ValueError for people otherwise."""
+    names = datasets.DATASETS[dataset][3]
+    lookup = {name.lower(): j for j, name in enumerate(names)}
+    lookup.update({str(j): j for j in range(len(names))})
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t.lower() not in lookup]
+    if unknown:
+        raise ValueError(f"--holdout-classes {text}: {', '.join(unknown)} is not a class of "
+                         f"{dataset}; use indices 0-{len(names) - 1} or names "
+                         f"{', '.join(names)}")
+    classes = sorted({lookup[t.lower()] for t in items})
+    if len(classes) == 1:
+        raise ValueError(f"--holdout-classes {text}: hold out at least 2 classes, so that "
+                         f"unseen classes can be told apart from each other")
+    if len(names) - len(classes) < 2:
+        raise ValueError(f"--holdout-classes {text} leaves {len(names) - len(classes)} class "
+                         f"to train on; at least 2 are needed")
+    return classes
 
 
 class NonFiniteLoss(RuntimeError):
@@ -86,9 +121,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 def forward(model, data, args):
-    """The model on one batch; with --amp in bf16 autocast, channels_last to match the
-    weights' layout (set in build()) so convolutions take the fast path."""
-    if args.amp:
+    """The model on one batch; with --amp in bf16 autocast. With args.channels_last
+    (set in main()) the batch goes channels_last, to match the weights' layout (set in
+    build()) so that convolutions take the same fast path without a conversion."""
+    if getattr(args, "channels_last", args.amp):
         data = data.contiguous(memory_format=torch.channels_last)
     with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
         return model(data)
@@ -152,9 +188,10 @@ def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent
 
 
 @torch.no_grad()
-def test(model, testloader, args):
+def test(model, testloader, args, num_seen=None):
     """Accuracy on the whole test set (every rank's shard, under torchrun), and the
-    test features for the statistics and plots."""
+    test features for the statistics and plots. Labels from `num_seen` on are held-out
+    classes: the classifier has no output for them, so accuracy counts the others."""
     model.eval()
     all_features, all_labels, all_correct = [], [], []
     for data, labels in testloader:
@@ -164,21 +201,30 @@ def test(model, testloader, args):
         all_labels.append(labels.cpu())
     features, labels, correct = (utils.gather(torch.cat(t))
                                  for t in (all_features, all_labels, all_correct))
+    if num_seen is not None:
+        correct = correct[labels < num_seen]
     acc = round(correct.sum().item() * 100. / len(correct), 2)
     err = round(100. - acc, 2)
     return acc, err, features, labels
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.holdout = parse_holdout(args.holdout_classes, args.dataset)
+    except ValueError as e:
+        parser.error(str(e))
     torch.manual_seed(args.seed)
     # Under torchrun each machine runs LOCAL_WORLD_SIZE processes, one per device: the
     # default --gpu 0 would hide all devices but one, so it then keeps them all visible.
     if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= len(args.gpu.split(",")):
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     use_gpu = torch.cuda.is_available() and not args.use_cpu
-    if args.resume and not os.path.isfile(args.resume):
-        sys.exit(f"error: --resume {args.resume}: no such checkpoint file")
+    # channels_last on the CPU: 1.03-1.09x faster fp32 steps here (benchmarks/bench_train.py);
+    # on GPUs only with --amp, where it is the tensor cores' layout.
+    args.channels_last = args.amp or not use_gpu
+    ckpt = load_resume(args)  # before anything is written: a wrong file exits here
     if args.amp and use_gpu and not torch.cuda.is_bf16_supported():
         sys.exit("error: --amp uses bfloat16 autocast, which this GPU does not support")
     # Under torchrun: one process per device, gloo on CPU, nccl on CUDA.
@@ -191,15 +237,69 @@ def main(argv=None):
     else:
         out = utils.Logger(os.devnull, console=False)
     sys.stdout = out
+    # The epoch whose checkpoint this run has on disk, for the Ctrl-C message.
+    progress = {"saved": ckpt["epoch"] if ckpt else None}
     try:
-        run(args, use_gpu, device, rank, world)
+        run(args, ckpt, use_gpu, device, rank, world, progress)
     except NonFiniteLoss as e:
         print(f"Stopped: {e}. The last good checkpoint stays in {args.save_dir}.")
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(interrupted_message(args, argv, progress["saved"]))
+        sys.exit(130)  # 128 + SIGINT, as a shell reports it
     finally:
         sys.stdout = out.console
         out.close()
         utils.close_distributed()
+
+
+# Flags that change what a checkpoint's tensors mean: resuming with other values would
+# fail in load_state_dict or, worse, silently train the weights on something else.
+RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-dim",
+                "center_update": "--center-update", "holdout": "--holdout-classes"}
+
+
+def load_resume(args):
+    """The --resume checkpoint (on the CPU), or None; one line and exit 1 when the file
+    is missing, is not a checkpoint, or was made with other RESUME_FLAGS."""
+    if not args.resume:
+        if args.evaluate:
+            sys.exit("error: --evaluate needs --resume CHECKPOINT, the model to evaluate")
+        return None
+    if not os.path.isfile(args.resume):
+        sys.exit(f"error: --resume {args.resume}: no such checkpoint file")
+    try:
+        ckpt = utils.load_checkpoint(args.resume, "cpu")
+    except ValueError as e:
+        sys.exit(f"error: --resume {e}")
+    saved = dict(ckpt["args"], holdout=ckpt.get("holdout_classes", []))
+    show = lambda key, v: (",".join(map(str, v)) or "none") if key == "holdout" else v
+    differ = [f"{flag} {show(key, saved.get(key))} (now {show(key, getattr(args, key))})"
+              for key, flag in RESUME_FLAGS.items() if saved.get(key) != getattr(args, key)]
+    if differ:
+        sys.exit(f"error: --resume {args.resume} was made with {'; '.join(differ)}: pass the "
+                 f"checkpoint's values, or leave out --resume to start a new run")
+    return ckpt
+
+
+def interrupted_message(args, argv, saved_epoch):
+    """What Ctrl-C leaves on disk and the command that continues from it."""
+    if args.evaluate:
+        return "Interrupted: evaluation stopped, nothing was written to the checkpoint."
+    path = os.path.join(args.save_dir, "checkpoint.pth.tar")
+    if saved_epoch is None:
+        return "Interrupted before the first epoch ended: no checkpoint was saved."
+    words = list(sys.argv[1:] if argv is None else argv)
+    for i, word in enumerate(words):  # drop an earlier --resume PATH / --resume=PATH
+        if word == "--resume":
+            del words[i:i + 2]
+            break
+        if word.startswith("--resume="):
+            del words[i]
+            break
+    command = shlex.join(["python", "main.py", *words, "--resume", path])
+    return (f"Interrupted. The checkpoint of epoch {saved_epoch} is in {path}; "
+            f"continue with:\n  {command}")
 
 
 def build(args, dataset, use_gpu, device, world):
@@ -207,7 +307,7 @@ def build(args, dataset, use_gpu, device, world):
     print("Creating model: {}".format(args.model))
     model = models.create(name=args.model, num_classes=dataset.num_classes, feat_dim=args.feat_dim)
     model = model.to(device)
-    if args.amp:
+    if getattr(args, "channels_last", args.amp):
         model = model.to(memory_format=torch.channels_last)
     criterion_xent = nn.CrossEntropyLoss()
     criterion_cent = CenterLoss(num_classes=dataset.num_classes, feat_dim=args.feat_dim,
@@ -234,10 +334,12 @@ def state(epoch, model, criterion_cent, optimizer_model, optimizer_cent, schedul
             "shuffle_rng": dataset.generator.get_state(),
             "cpu_rng": torch.get_rng_state(),
             "elapsed_s": elapsed_s,
-            "args": vars(args)}
+            "args": {k: v for k, v in vars(args).items() if k != "holdout"},
+            "holdout_classes": args.holdout,
+            "classes": dataset.classes}
 
 
-def run(args, use_gpu, device, rank, world):
+def run(args, ckpt, use_gpu, device, rank, world, progress):
     print("==========\nArgs:{}\n==========".format(args))
     if use_gpu:
         print("Currently using GPU: {}".format(args.gpu))
@@ -252,17 +354,26 @@ def run(args, use_gpu, device, rank, world):
     try:
         dataset = datasets.create(name=args.dataset, batch_size=args.batch_size, use_gpu=use_gpu,
                                   num_workers=args.workers, root=args.data_root, seed=args.seed,
-                                  rank=rank, world_size=world, device=device)
+                                  rank=rank, world_size=world, device=device,
+                                  holdout=args.holdout)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    if args.holdout:
+        seen, unseen = dataset.classes[:dataset.num_classes], dataset.classes[dataset.num_classes:]
+        print("Held-out classes {} ({}): not trained on, evaluated as unseen classes; "
+              "training on {} images of classes {} ({})".format(
+                  ",".join(map(str, args.holdout)), ", ".join(unseen),
+                  len(dataset.trainloader.labels),
+                  ",".join(str(c) for c in range(len(dataset.classes)) if c not in args.holdout),
+                  ", ".join(seen)))
     parts = build(args, dataset, use_gpu, device, world)
     model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent, scheduler = parts
 
     checkpoint_path = os.path.join(args.save_dir, "checkpoint.pth.tar")
     metrics_path = os.path.join(args.save_dir, "metrics.csv")
+    fields = utils.METRICS_FIELDS + (utils.UNSEEN_FIELDS if args.holdout else [])
     start_epoch, elapsed_before = 0, 0.0
-    if args.resume:
-        ckpt = utils.load_checkpoint(args.resume, device)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         criterion_cent.load_state_dict(ckpt["center_loss"])
         optimizer_model.load_state_dict(ckpt["optimizer_model"])
@@ -271,8 +382,15 @@ def run(args, use_gpu, device, rank, world):
         dataset.generator.set_state(ckpt["shuffle_rng"])
         torch.set_rng_state(ckpt["cpu_rng"])
         start_epoch, elapsed_before = ckpt["epoch"], ckpt["elapsed_s"]
+    if args.evaluate:
+        print("Evaluating {} (epoch {}); nothing is trained".format(args.resume, start_epoch))
+        evaluation = test(model, dataset.testloader, args, dataset.num_classes)
         if rank == 0:
-            utils.truncate_metrics(metrics_path, start_epoch)
+            report(args, dataset, start_epoch - 1, evaluation, criterion_cent)
+        return
+    if ckpt is not None:
+        if rank == 0:
+            utils.truncate_metrics(metrics_path, start_epoch, fields)
         print("Resumed from {} at epoch {}".format(args.resume, start_epoch))
     elif rank == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
@@ -291,15 +409,17 @@ def run(args, use_gpu, device, rank, world):
         last = epoch + 1 == args.max_epoch
         if (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0) or last:
             print("==> Test")
-            evaluation = test(model, dataset.testloader, args)
+            evaluation = test(model, dataset.testloader, args, dataset.num_classes)
         else:
             evaluation = None
         if rank == 0:
-            record(args, dataset, epoch, losses, evaluation, lr, time.time() - epoch_start)
+            record(args, dataset, epoch, losses, evaluation, criterion_cent, lr,
+                   time.time() - epoch_start, fields)
             utils.save_checkpoint(state(epoch + 1, model, criterion_cent, optimizer_model,
                                         optimizer_cent, scheduler, dataset,
                                         elapsed_before + time.time() - start_time, args),
                                   checkpoint_path)
+        progress["saved"] = epoch + 1
 
     if world > 1:  # a cheap end-of-run proof that DDP and the centers' sync held
         same = utils.ranks_identical(model, criterion_cent)
@@ -310,37 +430,97 @@ def run(args, use_gpu, device, rank, world):
     print("Finished. Total elapsed time (h:m:s): {}".format(elapsed))
 
 
-def record(args, dataset, epoch, losses, evaluation, lr, epoch_time):
-    """Rank 0's per-epoch output: accuracy and feature statistics, metrics.csv and
-    curves.png, and with --plot the feature frames and GIFs."""
+def record(args, dataset, epoch, losses, evaluation, criterion_cent, lr, epoch_time, fields):
+    """Rank 0's per-epoch output: the evaluation's report, metrics.csv and curves.png,
+    and with --plot the training features' frame and GIF."""
     loss, xent, cent, train_features, train_labels = losses
     if args.plot:
         plot_epoch(args, dataset, epoch, "train", train_features, train_labels,
-                   evaluation and evaluation[0])
+                   evaluation and evaluation[0], criterion_cent)
     if evaluation is None:
         return
-    acc, err, test_features, test_labels = evaluation
+    row = report(args, dataset, epoch, evaluation, criterion_cent)
+    row.update(epoch=epoch + 1, loss=f"{loss:.6f}", xent_loss=f"{xent:.6f}",
+               center_loss=f"{cent:.6f}", lr_model=lr, epoch_time_s=f"{epoch_time:.1f}")
+    metrics_path = os.path.join(args.save_dir, "metrics.csv")
+    utils.append_metrics(metrics_path, row, fields)
+    utils.plot_curves(metrics_path, os.path.join(args.save_dir, "curves.png"))
+
+
+# LFW's protocol: 6,000 pairs in 10 folds, the same pairs at every evaluation (seed 0).
+NUM_PAIRS, PAIRS_SEED = 6000, 0
+
+
+def report(args, dataset, epoch, evaluation, criterion_cent):
+    """Print one evaluation (accuracy, feature statistics, retrieval and verification of
+    the seen and the held-out classes), save the test features and roc.png, and plot the
+    test features with --plot. Returns the metrics.csv columns it measured."""
+    acc, err, features, labels = evaluation
+    k = dataset.num_classes
+    seen = labels < k
     print("Accuracy (%): {}\t Error rate (%): {}".format(acc, err))
-    intra, inter, ratio = utils.feature_stats(test_features, test_labels, dataset.num_classes)
+    intra, inter, ratio = utils.feature_stats(features[seen], labels[seen], k)
     print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
           .format(intra, inter, ratio))
-    metrics_path = os.path.join(args.save_dir, "metrics.csv")
-    utils.append_metrics(metrics_path, dict(
-        epoch=epoch + 1, loss=f"{loss:.6f}", xent_loss=f"{xent:.6f}", center_loss=f"{cent:.6f}",
-        accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
-        ratio=f"{ratio:.6g}", lr_model=lr, epoch_time_s=f"{epoch_time:.1f}"))
-    utils.plot_curves(metrics_path, os.path.join(args.save_dir, "curves.png"))
+    row = dict(accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
+               ratio=f"{ratio:.6g}")
+    curves = {}
+    splits = [("", "seen classes" if args.holdout else "test set", seen)]
+    if args.holdout:
+        splits.append(("unseen_", "unseen classes " + ",".join(map(str, args.holdout)), ~seen))
+    for prefix, name, mask in splits:
+        figures, roc = measure(features[mask], labels[mask], name)
+        row.update({prefix + key: value for key, value in figures.items()})
+        curves[name] = roc
+    title = "{}, epoch {}: ROC of {} test pairs, cosine".format(args.dataset, epoch + 1, NUM_PAIRS)
+    utils.plot_roc(curves, os.path.join(args.save_dir, "roc.png"), title)
+    centers = criterion_cent.centers.detach().float().cpu()
+    torch.save({"features": features, "labels": labels, "classes": dataset.classes,
+                "num_seen": k, "holdout_classes": args.holdout, "centers": centers,
+                "epoch": epoch + 1, "accuracy": acc},
+               os.path.join(args.save_dir, "test_features.pt"))
     if args.plot:
-        plot_epoch(args, dataset, epoch, "test", test_features, test_labels, acc)
+        plot_epoch(args, dataset, epoch, "test", features, labels, acc, criterion_cent)
+    return row
 
 
-def plot_epoch(args, dataset, epoch, split, features, labels, acc):
+def measure(features, labels, name):
+    """Retrieval and verification of one split of the test features, printed; returns
+    the metrics.csv values (percent, AUC as a fraction) and the ROC points."""
+    r = evaluation.retrieval_metrics(features, labels)
+    pairs = evaluation.verification_pairs(labels, NUM_PAIRS, seed=PAIRS_SEED)
+    v = evaluation.verification_metrics(features, labels, pairs)
+    print("Retrieval, {} (cosine, {} queries): P@1 (%): {:.2f}\t R-precision (%): {:.2f}\t "
+          "MAP@R (%): {:.2f}".format(name, r["num_queries"], 100 * r["precision_at_1"],
+                                     100 * r["r_precision"], 100 * r["map_at_r"]))
+    print("Verification, {} (cosine, {} pairs, 10 folds): Accuracy (%): {:.2f} +- {:.2f}\t "
+          "AUC: {:.4f}\t TAR@FAR=1e-3 (%): {:.2f}".format(
+              name, len(pairs), 100 * v["accuracy"], 100 * v["accuracy_std"], v["auc"],
+              100 * v["tar_at_far"]))
+    figures = dict(precision_at_1=f"{100 * r['precision_at_1']:.2f}",
+                   r_precision=f"{100 * r['r_precision']:.2f}",
+                   map_at_r=f"{100 * r['map_at_r']:.2f}",
+                   ver_accuracy=f"{100 * v['accuracy']:.2f}",
+                   ver_accuracy_std=f"{100 * v['accuracy_std']:.2f}",
+                   auc=f"{v['auc']:.5f}", tar_at_far=f"{100 * v['tar_at_far']:.2f}")
+    return figures, (v["fpr"], v["tpr"])
+
+
+def plot_epoch(args, dataset, epoch, split, features, labels, acc, criterion_cent):
     title = "{} {}, epoch {}".format(args.dataset, split, epoch + 1)
     if acc is not None:
         title += ", test accuracy {:.2f}%".format(acc)
+    # The centers mean something only when center loss trains them.
+    centers = criterion_cent.centers if args.weight_cent > 0 else None
+    if args.evaluate:
+        path = os.path.join(args.save_dir, "evaluate_{}_epoch_{}.png".format(split, epoch + 1))
+        utils.plot_features(features, labels, dataset.classes, path, title,
+                            dataset.num_classes, centers)
+        return
     frames = os.path.join(args.save_dir, split)
     utils.plot_features(features, labels, dataset.classes,
-                        os.path.join(frames, "epoch_{}.png".format(epoch + 1)), title)
+                        os.path.join(frames, "epoch_{}.png".format(epoch + 1)), title,
+                        dataset.num_classes, centers)
     utils.make_gif(frames, os.path.join(args.save_dir, split + ".gif"))
 
 

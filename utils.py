@@ -11,7 +11,8 @@ import torch.distributed as dist
 __all__ = ["init_distributed", "close_distributed", "backend", "wrap_ddp", "gather",
            "all_average", "ranks_identical", "Logger", "AverageMeter", "feature_stats", "project_2d", "plot_features",
            "make_gif", "plot_curves", "save_checkpoint", "load_checkpoint",
-           "METRICS_FIELDS", "append_metrics", "truncate_metrics"]
+           "plot_roc", "CHECKPOINT_KEYS", "METRICS_FIELDS", "UNSEEN_FIELDS", "append_metrics",
+           "read_metrics", "truncate_metrics"]
 
 
 def init_distributed(use_gpu):
@@ -146,17 +147,26 @@ def _colors(num_classes):
     return [cmap(j % cmap.N if num_classes <= 20 else j / num_classes) for j in range(num_classes)]
 
 
-def plot_features(features, labels, classes, path, title):
-    """Scatter of (N, D) features coloured by class, one fixed colour per class."""
+def plot_features(features, labels, classes, path, title, num_seen=None, centers=None):
+    """Scatter of (N, D) features coloured by class, one fixed colour per class. Classes
+    from `num_seen` on are held-out ones, marked "(unseen)" in the legend; `centers`
+    (C, D), if given, are drawn as black-edged dots."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     points = project_2d(features).numpy()
     labels = labels.numpy()
+    num_seen = len(classes) if num_seen is None else num_seen
     fig, ax = plt.subplots(figsize=(6, 6), dpi=80)
     for j, (name, color) in enumerate(zip(classes, _colors(len(classes)))):
         pts = points[labels == j]
-        ax.scatter(pts[:, 0], pts[:, 1], s=1, color=color, label=name, rasterized=True)
+        if len(pts):
+            ax.scatter(pts[:, 0], pts[:, 1], s=1, color=color, rasterized=True,
+                       label=name if j < num_seen else name + " (unseen)")
+    if centers is not None and features.shape[1] == 2:
+        c = centers.detach().float().cpu().numpy()
+        ax.scatter(c[:, 0], c[:, 1], s=40, c=_colors(len(classes))[:len(c)],
+                   edgecolors="black", linewidths=1.2, zorder=3)
     if len(classes) <= 20:
         ax.legend(loc="upper right", markerscale=6, fontsize=7)
     ax.set_title(title, fontsize=10)
@@ -184,51 +194,98 @@ def make_gif(frames_dir, path, duration_ms=400):
 
 
 METRICS_FIELDS = ["epoch", "loss", "xent_loss", "center_loss", "accuracy", "error_rate",
-                  "intra", "inter", "ratio", "lr_model", "epoch_time_s"]
+                  "intra", "inter", "ratio", "lr_model", "epoch_time_s",
+                  "precision_at_1", "r_precision", "map_at_r",
+                  "ver_accuracy", "ver_accuracy_std", "auc", "tar_at_far"]
+# The same figures on the held-out classes' test images (--holdout-classes).
+UNSEEN_FIELDS = ["unseen_" + k for k in METRICS_FIELDS[-7:]]
 
 
-def append_metrics(path, row):
+def append_metrics(path, row, fields=METRICS_FIELDS):
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         if new:
             writer.writeheader()
         writer.writerow(row)
 
 
-def truncate_metrics(path, last_epoch):
+def read_metrics(path):
+    """metrics.csv as a list of dicts (an empty value where a column is missing)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, restval=""))
+
+
+def truncate_metrics(path, last_epoch, fields=METRICS_FIELDS):
     """Drop rows after `last_epoch`: a resumed run writes those epochs again."""
     if not os.path.exists(path):
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= last_epoch]
+    rows = [r for r in read_metrics(path) if int(r["epoch"]) <= last_epoch]
     os.remove(path)
     for row in rows:
-        append_metrics(path, row)
+        append_metrics(path, {k: row.get(k, "") for k in fields}, fields)
+
+
+def _column(rows, key):
+    """(epochs, values) of the rows where `key` has a value (older files lack columns)."""
+    pairs = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key, "") not in ("", None)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def plot_curves(metrics_path, path):
-    """Test accuracy, losses and the intra/inter-class ratio over epochs."""
+    """Test accuracy, losses, the intra/inter-class ratio, retrieval and verification
+    over epochs; held-out classes dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    with open(metrics_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(metrics_path)
     if not rows:
         return
-    col = {k: [float(r[k]) for r in rows] for k in METRICS_FIELDS}
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=80)
-    axes[0].plot(col["epoch"], col["accuracy"], "o-", ms=3)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), dpi=80)
+    axes = axes.ravel()
+    axes[0].plot(*_column(rows, "accuracy"), "o-", ms=3)
     axes[0].set(title="test accuracy (%)", xlabel="epoch")
     for key in ("loss", "xent_loss", "center_loss"):
-        if not any(col[key]):  # softmax-only runs have no center loss term
-            continue
-        axes[1].plot(col["epoch"], col[key], "o-", ms=3, label=key)
+        epochs, values = _column(rows, key)
+        if any(values):  # softmax-only runs have no center loss term
+            axes[1].plot(epochs, values, "o-", ms=3, label=key)
     axes[1].set(title="training losses (epoch mean)", xlabel="epoch", yscale="log")
     axes[1].legend(fontsize=8)
-    axes[2].plot(col["epoch"], col["ratio"], "o-", ms=3)
+    axes[2].plot(*_column(rows, "ratio"), "o-", ms=3)
     axes[2].set(title="intra / inter-class distance (test)", xlabel="epoch")
+    panels = [(axes[3], "retrieval, cosine (%)", ["precision_at_1", "map_at_r"]),
+              (axes[4], "verification accuracy, cosine (%)", ["ver_accuracy"]),
+              (axes[5], "TAR @ FAR=1e-3, cosine (%)", ["tar_at_far"])]
+    for ax, title, keys in panels:
+        for prefix, style in (("", "o-"), ("unseen_", "s--")):
+            for key in keys:
+                epochs, values = _column(rows, prefix + key)
+                if values:
+                    ax.plot(epochs, values, style, ms=3, label=prefix + key)
+        ax.set(title=title, xlabel="epoch")
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_roc(curves, path, title):
+    """ROC curves, {name: (fpr, tpr)}, with the false accept rate on a log axis (the
+    low-FAR end is where face verification is judged)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=80)
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(fpr.clamp(min=1e-4).numpy(), tpr.numpy(), label=name)
+    ax.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false accept rate",
+           ylabel="true accept rate")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
 
@@ -240,6 +297,21 @@ def save_checkpoint(state, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, device):
-    # weights_only=True: unpickling a checkpoint cannot run code.
-    return torch.load(path, map_location=device, weights_only=True)
+CHECKPOINT_KEYS = ("epoch", "model", "center_loss", "optimizer_model", "optimizer_cent",
+                   "scheduler", "shuffle_rng", "cpu_rng", "elapsed_s", "args")
+
+
+def load_checkpoint(path, device="cpu"):
+    """The checkpoint at `path`; ValueError naming the file when it is not one of main.py's."""
+    try:
+        # weights_only=True: unpickling a checkpoint cannot run code.
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a text file, a truncated file, another program's pickle ...
+        # torch's own message advises weights_only=False, which is no fix for a wrong file.
+        raise ValueError(f"{path} is not a checkpoint of main.py: torch.load cannot read it "
+                         f"({type(e).__name__})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of main.py: it has no "
+                         f"{', '.join(missing)}")
+    return ckpt

@@ -13,6 +13,7 @@ to the full-epoch overhead estimate: overhead per batch x 469 batches + plotting
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -84,6 +85,37 @@ def run_epoch(loader, amp):
     return n, total, data_t, step_t
 
 
+def layout_race(root, rounds, steps):
+    """Milliseconds per fp32 train_step, contiguous vs channels_last (model and batch),
+    alternating in each round on the same batches, so that the machine's drifts hit
+    both layouts alike. Returns {layout: [ms per step of each round]}."""
+    loader = our_loader(root, 128 * steps, 128)
+    batches = list(loader)
+    times = {False: [], True: []}
+    setups = {}
+    for channels_last in (False, True):
+        args = main.get_parser().parse_args(["--use-cpu"])
+        args.channels_last = channels_last
+        torch.manual_seed(1)
+        model = models.create("cnn", 10)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        cent = CenterLoss(10, 2, use_gpu=False)
+        opt_m = torch.optim.SGD(model.parameters(), lr=args.lr_model, momentum=0.9,
+                                weight_decay=5e-4)
+        opt_c = torch.optim.SGD(cent.parameters(), lr=args.lr_cent)
+        setups[channels_last] = (model, torch.nn.CrossEntropyLoss(), cent, opt_m, opt_c, args)
+        main.train_step(model, setups[channels_last][1], cent, opt_m, opt_c, *batches[0], args)
+    for r in range(rounds):
+        for channels_last in ((False, True) if r % 2 == 0 else (True, False)):
+            model, xent, cent, opt_m, opt_c, args = setups[channels_last]
+            start = time.perf_counter()
+            for data, labels in batches:
+                main.train_step(model, xent, cent, opt_m, opt_c, data, labels, args)
+            times[channels_last].append(1000 * (time.perf_counter() - start) / len(batches))
+    return times
+
+
 def plotting_cost(frames=30):
     """Seconds of --plot per epoch at epoch `frames`: two scatters and two GIF rebuilds."""
     gen = torch.Generator().manual_seed(0)
@@ -109,7 +141,22 @@ def main_():
     p.add_argument("--images", type=int, default=2048, help="training images per fp32 pipeline")
     p.add_argument("--amp-images", type=int, default=1024, help="training images for --amp")
     p.add_argument("--workers", type=int, default=4, help="popular pipeline's -j (its default: 4)")
+    p.add_argument("--rounds", type=int, default=8, help="rounds of the layout race")
+    p.add_argument("--layout-only", action="store_true", help="only the layout race")
     args = p.parse_args()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 128, fp32: "
+          f"train_step time by memory layout ({args.rounds} alternating rounds of 6 batches)")
+    times = layout_race(args.data_root, args.rounds, 6)
+    base = statistics.median(times[False])
+    print("| layout | ms/step, median | min | max | speed vs contiguous (median) |")
+    print("|---|---:|---:|---:|---:|")
+    for channels_last, name in ((False, "contiguous (NCHW)"), (True, "channels_last (NHWC)")):
+        t = times[channels_last]
+        print(f"| {name} | {statistics.median(t):.1f} | {min(t):.1f} | {max(t):.1f} | "
+              f"{base / statistics.median(t):.2f}x |", flush=True)
+    if args.layout_only:
+        return
 
     plot_s = plotting_cost()
     rows = [("popular DataLoader (-j %d)" % args.workers, "fp32", False,
