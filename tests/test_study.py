@@ -1,0 +1,116 @@
+"""experiments/study.py: its runs are valid main.py commands, finished runs are skipped and
+interrupted ones resumed, and the tables and figures are built from the runs' own files."""
+import csv
+import importlib.util
+import os
+import subprocess
+
+import pytest
+import torch
+
+import main
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "experiments", "study.py"))
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def all_settings():
+    return [s for runs in study.groups().values() for s in runs]
+
+
+def test_every_run_is_a_valid_main_command_with_its_settings():
+    names = {}
+    for s in all_settings():
+        args = main.get_parser().parse_args(study.run_flags(**s))
+        assert args.weight_cent == s.get("lam", 0.003)
+        assert args.feat_dim == s.get("dim", 2) and args.center_update == "paper"
+        assert args.max_epoch == study.MAX_EPOCH and args.eval_freq == 1
+        assert bool(args.holdout_classes) == s.get("open_set", False)
+        # One name per distinct configuration (shared runs, e.g. lambda 0.003 at alpha 0.5,
+        # map to the same name, and lambda 0 ignores alpha).
+        names.setdefault(study.run_name(**s), set()).add(tuple(study.run_flags(**s)))
+    assert all(len(flags) == 1 for flags in names.values())
+    assert study.run_name(lam=0, alpha=0.1) == study.run_name(lam=0) == "mnist-d2-lam0"
+    assert study.run_name(open_set=True, dim=128, lam=0.003, seed=2) == \
+        "mnist-open-d128-lam0.003-alpha0.5-seed2"
+
+
+def write_run(runs_dir, name, accuracies, extra=None, finished=True):
+    run_dir = os.path.join(runs_dir, name)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.csv"), "w", newline="") as f:
+        fields = ["epoch", "accuracy"] + sorted(extra or {})
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for epoch, acc in enumerate(accuracies, 1):
+            writer.writerow({"epoch": epoch, "accuracy": acc, **(extra or {})})
+    with open(os.path.join(run_dir, "log_mnist.txt"), "w") as f:
+        f.write("==> Epoch 1\n" + ("Finished. Total elapsed time (h:m:s): 0:01:00\n" if finished else ""))
+    return run_dir
+
+
+def test_skip_resume_or_start(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    args = study.argparse.Namespace(runs_dir=str(tmp_path), data_root="DATA")
+    write_run(tmp_path, "done", [99.0] * study.MAX_EPOCH)
+    study.train("done", ["--weight-cent", "1"], args, ["--use-cpu"])
+    assert calls == []  # finished: skipped
+
+    half = write_run(tmp_path, "half", [99.0] * 3, finished=False)
+    open(os.path.join(half, "checkpoint.pth.tar"), "w").close()
+    study.train("half", ["--weight-cent", "1"], args, ["--use-cpu"])
+    assert calls[-1][-2:] == ["--resume", os.path.join(half, "checkpoint.pth.tar")]
+    assert calls[-1][2:6] == ["--data-root", "DATA", "--save-dir", half]
+    assert "--use-cpu" in calls[-1]
+
+    study.train("new", ["--weight-cent", "1"], args, [])
+    assert "--resume" not in calls[-1] and calls[-1][-2:] == ["--weight-cent", "1"]
+
+
+def test_a_failed_run_stops_the_study(tmp_path, monkeypatch):
+    monkeypatch.setattr(study.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
+    args = study.argparse.Namespace(runs_dir=str(tmp_path), data_root="DATA")
+    with pytest.raises(SystemExit, match="new: main.py exited with 1"):
+        study.train("new", [], args, [])
+
+
+def test_tables_and_figures_come_from_the_runs_files(tmp_path):
+    n = study.MAX_EPOCH
+    figures = {"precision_at_1": "98.76", "map_at_r": "97.65", "ver_accuracy": "99.10",
+               "tar_at_far": "88.80", "auc": "0.99870"}
+    write_run(tmp_path, study.run_name(lam=0.01), [98.0] * (n - 3) + [99.0, 99.1, 99.2], figures)
+    write_run(tmp_path, study.run_name(lam=1), [90.0] * (n - 1) + [95.0], figures)  # not converged
+    write_run(tmp_path, study.run_name(lam=0.1), [90.0] * 3, figures, finished=False)  # unfinished
+    g = torch.Generator().manual_seed(0)
+    torch.save({"features": torch.randn(50, 2, generator=g), "labels": torch.arange(50) % 10,
+                "classes": [str(d) for d in range(10)], "centers": torch.randn(10, 2, generator=g),
+                "accuracy": 99.2}, os.path.join(tmp_path, study.run_name(lam=0.01), "test_features.pt"))
+    unseen = {"unseen_ver_accuracy": "91.23", "unseen_map_at_r": "45.67",
+              "unseen_precision_at_1": "80.00", "unseen_tar_at_far": "12.34", **figures}
+    write_run(tmp_path, study.run_name(open_set=True, dim=2, lam=0.003), [99.5] * n, unseen)
+
+    args = study.argparse.Namespace(runs_dir=str(tmp_path))
+    study.report(args)
+    with open(os.path.join(tmp_path, "tables.md")) as f:
+        tables = f.read()
+    sections = {}
+    for part in tables.split("### ")[1:]:  # {table title: {first cell: row}}
+        title, *lines = part.splitlines()
+        sections[title.split(":")[0]] = {l.split(" | ")[0].strip("| "): l for l in lines
+                                         if l.startswith("| ")}
+    fig3, width, fig5a = sections["Figure 3"], sections["Feature width, open set"], \
+        sections["Figure 5a"]
+    assert fig3["0.01"] == "| 0.01 | 99.20 | 98.76 | 97.65 | 99.10 | 88.80 | 0.9987 | 0.20 |"
+    assert fig3["1"].endswith("| 5.00 (NOT converged) |")
+    assert fig3["0.1"].startswith("| 0.1 | — | — |")  # unfinished runs are never quoted
+    assert fig3["0 (softmax only)"].endswith("| not run |")
+    unseen_row = "| 99.50 | 99.10 | 97.65 | 91.23 | 45.67 | 80.00 | 12.34 | 0.00 |"
+    assert width["2, 0.003"] == "| 2, 0.003 " + unseen_row
+    assert fig5a["0.003"] == "| 0.003 " + unseen_row
+    assert sections["Figure 5b"]["0.5"] == "| 0.5 " + unseen_row  # the same run
+    for picture in ("fig3_lambda.png", "fig5_sensitivity.png"):
+        assert os.path.getsize(os.path.join(tmp_path, picture)) > 10_000
