@@ -195,7 +195,7 @@ def test_resume_with_other_flags_names_each_one(tmp_path, tiny_data):
 
 def test_ctrl_c_says_what_is_saved_and_how_to_continue(tmp_path, tiny_data):
     save_dir = str(tmp_path / "run")
-    flags = ["--data-root", tiny_data, *FAST, "--batch-size", "16", "--print-freq", "1",
+    flags = ["--data-root", tiny_data, *FAST, "--batch-size", "32", "--print-freq", "1",
              "--max-epoch", "2", "--save-dir", save_dir]
     proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "main.py"), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -203,7 +203,7 @@ def test_ctrl_c_says_what_is_saved_and_how_to_continue(tmp_path, tiny_data):
     seen_epoch2 = False
     for line in proc.stdout:  # interrupt in the middle of epoch 2
         seen_epoch2 |= line.startswith("==> Epoch 2/2")
-        if seen_epoch2 and line.startswith("Batch 3/16"):
+        if seen_epoch2 and line.startswith("Batch 3/8"):
             proc.send_signal(signal.SIGINT)
             break
     rest, err = proc.communicate(timeout=60)
