@@ -512,3 +512,27 @@ def test_cuda_matches_cpu(metric):
     assert b["fpr"].device.type == "cpu"
     torch.testing.assert_close(b["fpr"], a["fpr"], rtol=0, atol=1e-12)
     torch.testing.assert_close(b["tpr"], a["tpr"], rtol=0, atol=1e-12)
+
+
+def test_retrieval_equals_pytorch_metric_learning():
+    """The reference the definitions come from, where it is installed (not a requirement):
+    AccuracyCalculator with the query set as its own reference set (leave-one-out)."""
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 12, (600,), generator=g)
+    labels[0] = 99  # a lone class: left out by both
+    features = torch.randn(600, 8, generator=g, dtype=torch.float64)
+    features += 1.5 * torch.randn(100, 8, generator=g, dtype=torch.float64)[labels % 100]
+    for metric, distance in (("cosine", CosineSimilarity()),
+                             ("euclidean", LpDistance(normalize_embeddings=False))):
+        calc = AccuracyCalculator(include=("precision_at_1", "r_precision",
+                                           "mean_average_precision_at_r"),
+                                  knn_func=CustomKNN(distance), k="max_bin_count")
+        ref = calc.get_accuracy(features, labels, features, labels, ref_includes_query=True)
+        ours = retrieval_metrics(features, labels, metric=metric)
+        assert ours["precision_at_1"] == pytest.approx(ref["precision_at_1"], abs=1e-9)
+        assert ours["r_precision"] == pytest.approx(ref["r_precision"], abs=1e-9)
+        assert ours["map_at_r"] == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-9)
