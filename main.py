@@ -237,15 +237,15 @@ def main(argv=None):
     else:
         out = utils.Logger(os.devnull, console=False)
     sys.stdout = out
-    # The epoch whose checkpoint this run has on disk, for the Ctrl-C message.
-    progress = {"saved": ckpt["epoch"] if ckpt else None}
+    # The latest checkpoint on disk and its epoch, for the Ctrl-C message.
+    progress = {"saved": ckpt["epoch"] if ckpt else None, "path": args.resume}
     try:
         run(args, ckpt, use_gpu, device, rank, world, progress)
     except NonFiniteLoss as e:
         print(f"Stopped: {e}. The last good checkpoint stays in {args.save_dir}.")
         sys.exit(1)
     except KeyboardInterrupt:
-        print(interrupted_message(args, argv, progress["saved"]))
+        print(interrupted_message(args, argv, progress["saved"], progress["path"]))
         sys.exit(130)  # 128 + SIGINT, as a shell reports it
     finally:
         sys.stdout = out.console
@@ -282,11 +282,10 @@ def load_resume(args):
     return ckpt
 
 
-def interrupted_message(args, argv, saved_epoch):
+def interrupted_message(args, argv, saved_epoch, path):
     """What Ctrl-C leaves on disk and the command that continues from it."""
     if args.evaluate:
         return "Interrupted: evaluation stopped, nothing was written to the checkpoint."
-    path = os.path.join(args.save_dir, "checkpoint.pth.tar")
     if saved_epoch is None:
         return "Interrupted before the first epoch ended: no checkpoint was saved."
     words = list(sys.argv[1:] if argv is None else argv)
@@ -419,7 +418,7 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
                                         optimizer_cent, scheduler, dataset,
                                         elapsed_before + time.time() - start_time, args),
                                   checkpoint_path)
-        progress["saved"] = epoch + 1
+        progress.update(saved=epoch + 1, path=checkpoint_path)
 
     if world > 1:  # a cheap end-of-run proof that DDP and the centers' sync held
         same = utils.ranks_identical(model, criterion_cent)

@@ -237,3 +237,18 @@ def test_ctrl_c_before_the_first_checkpoint(tmp_path, tiny_data):
     assert proc.returncode == 130 and "Traceback" not in err
     assert "Interrupted before the first epoch ended: no checkpoint was saved." in rest
     assert not os.path.exists(os.path.join(save_dir, "checkpoint.pth.tar"))
+
+
+def test_ctrl_c_message_names_the_checkpoint_on_disk():
+    """Resumed into another --save-dir and interrupted before an epoch ended there: the
+    checkpoint on disk is still the one resumed from, and the command says so once."""
+    argv = ["--save-dir", "new", "--resume", "old/checkpoint.pth.tar", "--plot"]
+    args = main.get_parser().parse_args(argv)
+    message = main.interrupted_message(args, argv, 3, "old/checkpoint.pth.tar")
+    assert message == ("Interrupted. The checkpoint of epoch 3 is in old/checkpoint.pth.tar; "
+                       "continue with:\n  python main.py --save-dir new --plot --resume "
+                       "old/checkpoint.pth.tar")
+    argv = ["--resume=x.pth.tar", "--save-dir", "my runs"]  # a space: quoted for the shell
+    args = main.get_parser().parse_args(argv)
+    assert main.interrupted_message(args, argv, 1, "my runs/checkpoint.pth.tar").endswith(
+        "python main.py --save-dir 'my runs' --resume 'my runs/checkpoint.pth.tar'")
