@@ -33,23 +33,26 @@ class TensorLoader:
     with ``shuffle=True`` each pass draws a new permutation from ``generator``. With
     ``world_size`` > 1 (torchrun), every rank draws the same global batches, from the
     same seeded generator, and yields its own contiguous part of each: the union over
-    the ranks is exactly the batch a single process would get.
+    the ranks is exactly the batch a single process would get. ``drop`` samples at the
+    end of each pass are left out (set by `create` so that the last batch, too, splits
+    evenly over the ranks).
     """
 
     def __init__(self, images, labels, batch_size, mean, std, shuffle=False, generator=None,
-                 rank=0, world_size=1):
+                 rank=0, world_size=1, drop=0):
         self.images, self.labels = images, labels
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.shuffle, self.generator = shuffle, generator
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.drop = rank, world_size, drop
 
     def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil((len(self.labels) - self.drop) / self.batch_size)
 
     def __iter__(self):
-        n = len(self.labels)
+        n = len(self.labels) - self.drop
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.labels.device)
+            order = torch.randperm(len(self.labels), generator=self.generator)
+            order = order.to(self.labels.device)
         for start in range(0, n, self.batch_size):
             lo, hi = _shard(start, min(start + self.batch_size, n), self.rank, self.world_size)
             if self.shuffle:
@@ -97,7 +100,7 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
     and unused: batches are drawn from memory. `batch_size` is the global batch; with
     `world_size` > 1 each rank gets its `rank`-th share. Raises FileNotFoundError with
     a message for people when the files are missing and cannot be downloaded, and
-    ValueError when a training batch cannot be split evenly over the processes.
+    ValueError when the batch cannot be split evenly over the processes.
 
     `holdout`: class indices left out of training (open-set evaluation). The training
     set then has only the other classes, relabelled 0..K-1 in their order; the test set
@@ -118,11 +121,20 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
         if train and unseen:
             keep = labels < len(seen)
             images, labels = images[keep], labels[keep]
+        images, labels = images.to(device), labels.to(device)
         if train:
-            _check_divisible(batch_size, len(labels), world_size)
-        loaders.append(TensorLoader(images.to(device), labels.to(device), batch_size, mean, std,
-                                    shuffle=train, generator=generator if train else None,
-                                    rank=rank, world_size=world_size))
+            _check_divisible(batch_size, world_size)
+            # Equal shards of the last batch too: leave out its last few (< world_size)
+            # images, a different few each epoch as the order is reshuffled.
+            drop = len(labels) % batch_size % world_size
+            loaders.append(TensorLoader(images, labels, batch_size, mean, std, shuffle=True,
+                                        generator=generator, rank=rank, world_size=world_size,
+                                        drop=drop))
+        else:
+            # Each rank tests one contiguous block, so that gathering the ranks' features
+            # in rank order gives the test set in its own order (pairs index into it).
+            lo, hi = _shard(0, len(labels), rank, world_size)
+            loaders.append(TensorLoader(images[lo:hi], labels[lo:hi], batch_size, mean, std))
     classes = [names[c] for c in seen + unseen]
     return Dataset(loaders[0], loaders[1], classes, generator, num_seen=len(seen))
 
@@ -140,11 +152,8 @@ def split_classes(num_classes, holdout):
     return seen, unseen
 
 
-def _check_divisible(batch_size, n, world_size):
+def _check_divisible(batch_size, world_size):
     # Equal shards make the ranks' averaged gradients exactly the global batch's.
-    last = n % batch_size
-    if batch_size % world_size or last % world_size:
-        raise ValueError(
-            f"--batch-size {batch_size} is the global batch and must split evenly over "
-            f"{world_size} processes" + (f" (so must the last batch of {last} of the {n} "
-                                         f"training images)" if last % world_size else ""))
+    if batch_size % world_size:
+        raise ValueError(f"--batch-size {batch_size} is the global batch and must split "
+                         f"evenly over {world_size} processes")

@@ -43,6 +43,12 @@ METRICS = ("cosine", "euclidean")
 _BLOCK_ELEMENTS = 2 ** 23
 
 
+def _describe(x):
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
 def _check(features, labels):
     if not isinstance(features, torch.Tensor) or features.dim() != 2:
         raise ValueError(f"features must be a 2-D tensor (N, D), got "
@@ -50,8 +56,7 @@ def _check(features, labels):
     if not features.is_floating_point():
         raise TypeError(f"features must be floating point, got {features.dtype}")
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
-        raise ValueError(f"labels must be a 1-D integer tensor (N,), got "
-                         f"{getattr(labels, 'shape', type(labels).__name__)}")
+        raise ValueError(f"labels must be a 1-D integer tensor (N,), got {_describe(labels)}")
     if len(labels) != len(features):
         raise ValueError(f"features and labels must have the same N, got {len(features)} "
                          f"and {len(labels)}")
@@ -163,8 +168,7 @@ def verification_pairs(labels, num_pairs=6000, seed=0, folds=10):
         LongTensor (num_pairs, 2) of indices into ``labels``, on the CPU.
     """
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
-        raise ValueError(f"labels must be a 1-D integer tensor, got "
-                         f"{getattr(labels, 'shape', type(labels).__name__)}")
+        raise ValueError(f"labels must be a 1-D integer tensor, got {_describe(labels)}")
     if not isinstance(folds, int) or folds < 1:
         raise ValueError(f"folds must be a positive int, got {folds!r}")
     if not isinstance(num_pairs, int) or num_pairs < 1 or num_pairs % (2 * folds):

@@ -224,7 +224,7 @@ def main(argv=None):
     # channels_last on the CPU: 1.03-1.09x faster fp32 steps here (benchmarks/bench_train.py);
     # on GPUs only with --amp, where it is the tensor cores' layout.
     args.channels_last = args.amp or not use_gpu
-    ckpt = load_resume(args)  # before anything is written: a wrong file exits here
+    ckpt = load_resume(args, given_flags(argv))  # before anything is written
     if args.amp and use_gpu and not torch.cuda.is_bf16_supported():
         sys.exit("error: --amp uses bfloat16 autocast, which this GPU does not support")
     # Under torchrun: one process per device, gloo on CPU, nccl on CUDA.
@@ -259,9 +259,18 @@ RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-
                 "center_update": "--center-update", "holdout": "--holdout-classes"}
 
 
-def load_resume(args):
+def given_flags(argv):
+    """The destinations of the flags given on the command line (not left at defaults)."""
+    parser = get_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def load_resume(args, given):
     """The --resume checkpoint (on the CPU), or None; one line and exit 1 when the file
-    is missing, is not a checkpoint, or was made with other RESUME_FLAGS."""
+    is missing, is not a checkpoint, or was made with other RESUME_FLAGS. With
+    --evaluate, the RESUME_FLAGS not `given` are taken from the checkpoint."""
     if not args.resume:
         if args.evaluate:
             sys.exit("error: --evaluate needs --resume CHECKPOINT, the model to evaluate")
@@ -273,6 +282,13 @@ def load_resume(args):
     except ValueError as e:
         sys.exit(f"error: --resume {e}")
     saved = dict(ckpt["args"], holdout=ckpt.get("holdout_classes", []))
+    if args.evaluate:  # evaluating needs no flags repeated, only none contradicted
+        for key in [*RESUME_FLAGS, "weight_cent"]:
+            if (key if key != "holdout" else "holdout_classes") not in given and key in saved:
+                setattr(args, key, saved[key])
+        args.holdout_classes = ",".join(map(str, args.holdout))
+    # The checkpoint's memory layout: the same rounding, so resuming stays bit-identical.
+    args.channels_last = saved.get("channels_last", saved.get("amp", False))
     show = lambda key, v: (",".join(map(str, v)) or "none") if key == "holdout" else v
     differ = [f"{flag} {show(key, saved.get(key))} (now {show(key, getattr(args, key))})"
               for key, flag in RESUME_FLAGS.items() if saved.get(key) != getattr(args, key)]
@@ -296,6 +312,9 @@ def interrupted_message(args, argv, saved_epoch, path):
         if word.startswith("--resume="):
             del words[i]
             break
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return (f"Interrupted. The checkpoint of epoch {saved_epoch} is in {path}; continue "
+                f"with the same torchrun command plus --resume {shlex.quote(path)}")
     command = shlex.join(["python", "main.py", *words, "--resume", path])
     return (f"Interrupted. The checkpoint of epoch {saved_epoch} is in {path}; "
             f"continue with:\n  {command}")

@@ -136,8 +136,9 @@ def test_evaluate_trains_and_writes_nothing_into_the_checkpoint(tmp_path, tiny_d
     path = os.path.join(save_dir, "checkpoint.pth.tar")
     before = read_bytes(path), read(os.path.join(save_dir, "metrics.csv"))
     trained_log = read(os.path.join(save_dir, "log_mnist.txt"))
+    # --holdout-classes, like --dataset, --feat-dim ..., comes from the checkpoint.
     result = cli("--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir,
-                 "--holdout-classes", "6,7,8,9", "--evaluate", "--resume", path, "--plot")
+                 "--evaluate", "--resume", path, "--plot")
     assert result.returncode == 0, result.stderr
     assert f"Evaluating {path} (epoch 2); nothing is trained" in result.stdout
     assert "==> Epoch" not in result.stdout and "Batch" not in result.stdout
@@ -147,6 +148,11 @@ def test_evaluate_trains_and_writes_nothing_into_the_checkpoint(tmp_path, tiny_d
     assert (read_bytes(path), read(os.path.join(save_dir, "metrics.csv"))) == before
     assert os.path.exists(os.path.join(save_dir, "evaluate_test_epoch_2.png"))
     assert read(os.path.join(save_dir, "log_mnist.txt")).startswith(trained_log)  # appended
+    # A flag given that contradicts the checkpoint is refused, as when resuming.
+    result = cli("--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir, "--evaluate",
+                 "--resume", path, "--holdout-classes", "5,6,7,8,9")
+    assert result.returncode == 1 and "--holdout-classes 6,7,8,9 (now 5,6,7,8,9)" in \
+        one_error_line(result)
 
 
 def test_evaluate_needs_resume(tmp_path):

@@ -3,7 +3,6 @@ interrupted ones resumed, and the tables and figures are built from the runs' ow
 import csv
 import importlib.util
 import os
-import subprocess
 
 import pytest
 import torch
@@ -51,10 +50,23 @@ def write_run(runs_dir, name, accuracies, extra=None, finished=True):
     return run_dir
 
 
+class FakeChild:
+    """subprocess.Popen's stand-in: records the command, exits with `code`."""
+
+    def __init__(self, calls, code):
+        self.calls, self.code = calls, code
+
+    def __call__(self, command, **kwargs):
+        self.calls.append(command)
+        return self
+
+    def wait(self):
+        return self.code
+
+
 def test_skip_resume_or_start(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(study.subprocess, "run",
-                        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(study.subprocess, "Popen", FakeChild(calls, 0))
     args = study.argparse.Namespace(runs_dir=str(tmp_path), data_root="DATA")
     write_run(tmp_path, "done", [99.0] * study.MAX_EPOCH)
     study.train("done", ["--weight-cent", "1"], args, ["--use-cpu"])
@@ -72,7 +84,7 @@ def test_skip_resume_or_start(tmp_path, monkeypatch):
 
 
 def test_a_failed_run_stops_the_study(tmp_path, monkeypatch):
-    monkeypatch.setattr(study.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
+    monkeypatch.setattr(study.subprocess, "Popen", FakeChild([], 1))
     args = study.argparse.Namespace(runs_dir=str(tmp_path), data_root="DATA")
     with pytest.raises(SystemExit, match="new: main.py exited with 1"):
         study.train("new", [], args, [])
@@ -107,7 +119,7 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     assert fig3["0.01"] == "| 0.01 | 99.20 | 98.76 | 97.65 | 99.10 | 88.80 | 0.9987 | 0.20 |"
     assert fig3["1"].endswith("| 5.00 (NOT converged) |")
     assert fig3["0.1"].startswith("| 0.1 | — | — |")  # unfinished runs are never quoted
-    assert fig3["0 (softmax only)"].endswith("| not run |")
+    assert fig3["0 (softmax only)"].endswith("| not finished |")
     unseen_row = "| 99.50 | 99.10 | 97.65 | 91.23 | 45.67 | 80.00 | 12.34 | 0.00 |"
     assert width["2, 0.003"] == "| 2, 0.003 " + unseen_row
     assert fig5a["0.003"] == "| 0.003 " + unseen_row
