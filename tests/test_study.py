@@ -26,14 +26,16 @@ def test_every_run_is_a_valid_main_command_with_its_settings():
         assert args.weight_cent == s.get("lam", 0.003)
         assert args.feat_dim == s.get("dim", 2) and args.center_update == "paper"
         assert args.max_epoch == study.MAX_EPOCH and args.eval_freq == 1
+        assert args.lr_model == s.get("lr", study.LR)
         assert bool(args.holdout_classes) == s.get("open_set", False)
         # One name per distinct configuration (shared runs, e.g. lambda 0.003 at alpha 0.5,
         # map to the same name, and lambda 0 ignores alpha).
         names.setdefault(study.run_name(**s), set()).add(tuple(study.run_flags(**s)))
     assert all(len(flags) == 1 for flags in names.values())
     assert study.run_name(lam=0, alpha=0.1) == study.run_name(lam=0) == "mnist-d2-lam0"
-    assert study.run_name(open_set=True, dim=128, lam=0.003, seed=2) == \
-        "mnist-open-d128-lam0.003-alpha0.5-seed2"
+    assert study.run_name(open_set=True, dim=128, lam=0.003, seed=2, lr=0.005) == \
+        "mnist-open-d128-lam0.003-alpha0.5-lr0.005-seed2"
+    assert main.get_parser().parse_args(study.run_flags(lr=0.005)).lr_model == 0.005
 
 
 def write_run(runs_dir, name, accuracies, extra=None, finished=True):
@@ -104,6 +106,8 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     unseen = {"unseen_ver_accuracy": "91.23", "unseen_map_at_r": "45.67",
               "unseen_precision_at_1": "80.00", "unseen_tar_at_far": "12.34", **figures}
     write_run(tmp_path, study.run_name(open_set=True, dim=2, lam=0.003), [99.5] * n, unseen)
+    write_run(tmp_path, study.run_name(open_set=True, dim=2, lam=0.003, lr=study.DIM_LR),
+              [99.5] * n, unseen)
 
     args = study.argparse.Namespace(runs_dir=str(tmp_path))
     study.report(args)
