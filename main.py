@@ -110,9 +110,10 @@ def parse_holdout(text, dataset):
     if len(classes) == 1:
         raise ValueError(f"--holdout-classes {text}: hold out at least 2 classes, so that "
                          f"unseen classes can be told apart from each other")
-    if len(names) - len(classes) < 2:
-        raise ValueError(f"--holdout-classes {text} leaves {len(names) - len(classes)} class "
-                         f"to train on; at least 2 are needed")
+    try:
+        datasets.split_classes(len(names), classes)  # the loader's own check: 2 left to train
+    except ValueError as e:
+        raise ValueError(f"--holdout-classes {text}: {e}") from None
     return classes
 
 
@@ -530,16 +531,15 @@ def plot_epoch(args, dataset, epoch, split, features, labels, acc, criterion_cen
         title += ", test accuracy {:.2f}%".format(acc)
     # The centers mean something only when center loss trains them.
     centers = criterion_cent.centers if args.weight_cent > 0 else None
-    if args.evaluate:
-        path = os.path.join(args.save_dir, "evaluate_{}_epoch_{}.png".format(split, epoch + 1))
-        utils.plot_features(features, labels, dataset.classes, path, title,
-                            dataset.num_classes, centers)
-        return
     frames = os.path.join(args.save_dir, split)
-    utils.plot_features(features, labels, dataset.classes,
-                        os.path.join(frames, "epoch_{}.png".format(epoch + 1)), title,
-                        dataset.num_classes, centers)
-    utils.make_gif(frames, os.path.join(args.save_dir, split + ".gif"))
+    if args.evaluate:  # one picture beside the run's outputs, no frame of its GIF
+        path = os.path.join(args.save_dir, "evaluate_{}_epoch_{}.png".format(split, epoch + 1))
+    else:
+        path = os.path.join(frames, "epoch_{}.png".format(epoch + 1))
+    utils.plot_features(features, labels, dataset.classes, path, title, dataset.num_classes,
+                        centers)
+    if not args.evaluate:
+        utils.make_gif(frames, os.path.join(args.save_dir, split + ".gif"))
 
 
 if __name__ == "__main__":

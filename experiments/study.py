@@ -23,14 +23,14 @@ the dim group):
            alpha 0.01 ... 1 at lambda 0.003 (the paper's Figure 5a and 5b).
 """
 import argparse
-import csv
-import math
 import os
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import utils  # noqa: E402
 
 # One schedule for every run, chosen once: the authors' base rate (their MNIST example:
 # lr 0.01, batch 128) with momentum 0.9 and weight decay 5e-4 as main.py, a tenfold decay
@@ -80,10 +80,7 @@ def groups():
 
 def read_rows(run_dir):
     path = os.path.join(run_dir, "metrics.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return utils.read_metrics(path) if os.path.exists(path) else []
 
 
 def finished(run_dir):
