@@ -9,8 +9,8 @@ Every run is `main.py` with flags, in --runs-dir/<name>/ (default log/study). A 
 run (its log says "Finished" and metrics.csv has the last epoch) is skipped; one with a
 checkpoint is resumed from it, bit-identically; any other is started. Then the figures
 and tables are built from the runs' own outputs (metrics.csv, test_features.pt) into
---runs-dir: fig3_lambda.png, fig5_sensitivity.png and tables.md. Runs that are missing
-are named in tables.md, never filled in.
+--runs-dir: fig3_lambda.png, fig5_sensitivity.png, fashion.png and tables.md. Runs that
+are missing are named in tables.md, never filled in.
 
 Groups (the schedule is SCHEDULE below, with the model's learning rate LR, or DIM_LR in
 the dim group):
@@ -19,8 +19,13 @@ the dim group):
     dim    MNIST with 4 held-out classes, lambda 0 and 0.003, features of 2 and 128
            dimensions: which width to study the open set at. At 128-D the softmax-only
            run diverged at LR (NaN in epoch 1), so this group runs at DIM_LR.
-    fig5   MNIST with 4 held-out classes at FIG5_DIM: lambda 0 ... 0.1 at alpha 0.5, and
-           alpha 0.01 ... 1 at lambda 0.003 (the paper's Figure 5a and 5b).
+    fig5   MNIST with 4 held-out classes at FIG5_DIM (and FIG5_LR): lambda 0 ... 0.1 at
+           alpha 0.5, and alpha 0.01 ... 1 at lambda 0.003 (the paper's Figure 5a and 5b).
+    seed2  the deciding comparisons again with --seed 2: softmax only against BEST_2D
+           (closed set, 2-D) and against BEST_OPEN (open set, FIG5_DIM).
+    fashion
+           Fashion-MNIST with those settings: closed set at 2-D and open set at FIG5_DIM,
+           softmax only against center loss.
 """
 import argparse
 import os
@@ -48,6 +53,17 @@ FIG3_LAMBDAS = [0, 0.003, 0.01, 0.1, 1]
 FIG5_LAMBDAS = [0, 0.001, 0.003, 0.01, 0.03, 0.1]
 FIG5_ALPHAS = [0.01, 0.1, 0.5, 1]
 FIG5_DIM = 2  # the width of the open-set study, chosen from the dim group (log/README.md)
+FIG5_LR = LR
+# The settings the recommendation rests on, chosen from fig3 and fig5 (log/README.md);
+# provisional until fig5 has finished: BEST_2D is fig3's most accurate run so far.
+BEST_2D = dict(lam=1, alpha=0.5)
+BEST_OPEN = dict(lam=0.003, alpha=0.5)
+FASHION = "fashion-mnist"
+
+
+def fig5_run(**settings):
+    """Settings of an open-set run of Figure 5's width and learning rate."""
+    return dict(open_set=True, dim=FIG5_DIM, lr=FIG5_LR, **settings)
 
 
 def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR):
@@ -70,9 +86,12 @@ def groups():
         "fig3": [dict(lam=lam) for lam in FIG3_LAMBDAS],
         "dim": [dict(open_set=True, dim=dim, lam=lam, lr=DIM_LR) for dim in (2, 128)
                 for lam in (0, 0.003)],
-        "fig5": ([dict(open_set=True, dim=FIG5_DIM, lam=lam) for lam in FIG5_LAMBDAS]
-                 + [dict(open_set=True, dim=FIG5_DIM, lam=0.003, alpha=a)
-                    for a in FIG5_ALPHAS if a != 0.5]),
+        "fig5": ([fig5_run(lam=lam) for lam in FIG5_LAMBDAS]
+                 + [fig5_run(lam=0.003, alpha=a) for a in FIG5_ALPHAS if a != 0.5]),
+        "seed2": [dict(lam=0, seed=2), dict(BEST_2D, seed=2),
+                  fig5_run(lam=0, seed=2), fig5_run(seed=2, **BEST_OPEN)],
+        "fashion": [dict(dataset=FASHION, lam=0), dict(dataset=FASHION, **BEST_2D),
+                    fig5_run(dataset=FASHION, lam=0), fig5_run(dataset=FASHION, **BEST_OPEN)],
     }
 
 
@@ -152,17 +171,21 @@ def converged(row):
     return f"{row['spread']:.2f}" + ("" if row["spread"] <= CONVERGED_POINTS else " (NOT converged)")
 
 
-def fig3_table(args):
+CLOSED_HEADER = ["accuracy %", "P@1 %", "MAP@R %", "verification acc. %", "TAR@FAR=1e-3 %",
+                 "AUC", "spread of last 3 acc."]
+OPEN_HEADER = ["seen accuracy %", "seen verification %", "seen MAP@R %",
+               "unseen verification %", "unseen MAP@R %", "unseen P@1 %",
+               "unseen TAR@FAR=1e-3 %", "spread of last 3 acc."]
+
+
+def closed_set_lines(settings, args, label):
     lines = []
-    for lam in FIG3_LAMBDAS:
-        row = last(run_name(lam=lam), args)
-        lines.append([f"{lam:g}" + (" (softmax only)" if lam == 0 else ""),
-                      cell(row, "accuracy"), cell(row, "precision_at_1"), cell(row, "map_at_r"),
-                      cell(row, "ver_accuracy"), cell(row, "tar_at_far"), cell(row, "auc", 4),
-                      converged(row)])
-    return table("Figure 3: MNIST, 2-D features, alpha 0.5 (test set, cosine)",
-                 ["λ", "accuracy %", "P@1 %", "MAP@R %", "verification acc. %",
-                  "TAR@FAR=1e-3 %", "AUC", "spread of last 3 acc."], lines)
+    for s in settings:
+        row = last(run_name(**s), args)
+        lines.append([label(s), cell(row, "accuracy"), cell(row, "precision_at_1"),
+                      cell(row, "map_at_r"), cell(row, "ver_accuracy"), cell(row, "tar_at_far"),
+                      cell(row, "auc", 4), converged(row)])
+    return lines
 
 
 def open_set_lines(settings, args, label):
@@ -176,57 +199,120 @@ def open_set_lines(settings, args, label):
     return lines
 
 
-OPEN_HEADER = ["seen accuracy %", "seen verification %", "seen MAP@R %",
-               "unseen verification %", "unseen MAP@R %", "unseen P@1 %",
-               "unseen TAR@FAR=1e-3 %", "spread of last 3 acc."]
+def describe(s):
+    """'softmax only' or 'λ 0.003, α 0.5', and the seed when it is not 1."""
+    text = f"λ {s['lam']:g}, α {s.get('alpha', 0.5):g}" if s["lam"] else "softmax only"
+    return text + (f", seed {s['seed']}" if s.get("seed", 1) != 1 else "")
+
+
+def fig3_table(args):
+    return table("Figure 3: MNIST, 2-D features, alpha 0.5 (test set, cosine)",
+                 ["λ"] + CLOSED_HEADER,
+                 closed_set_lines([dict(lam=lam) for lam in FIG3_LAMBDAS], args,
+                                  lambda s: f"{s['lam']:g}" + (" (softmax only)" * (not s["lam"]))))
 
 
 def open_set_tables(args):
-    dim = groups()["dim"]
+    where = f"MNIST, {FIG5_DIM}-D, --lr-model {FIG5_LR:g}, classes {HOLDOUT} held out"
     out = table(f"Feature width, open set: MNIST, classes {HOLDOUT} held out, alpha 0.5, "
                 f"--lr-model {DIM_LR:g}",
                 ["D, λ"] + OPEN_HEADER,
-                open_set_lines(dim, args, lambda s: f"{s['dim']}, {s['lam']:g}"))
-    lam = [dict(open_set=True, dim=FIG5_DIM, lam=v) for v in FIG5_LAMBDAS]
-    out += table(f"Figure 5a: λ at alpha 0.5 (MNIST, {FIG5_DIM}-D, classes {HOLDOUT} held out)",
+                open_set_lines(groups()["dim"], args, lambda s: f"{s['dim']}, {s['lam']:g}"))
+    lam = [fig5_run(lam=v) for v in FIG5_LAMBDAS]
+    out += table(f"Figure 5a: λ at alpha 0.5 ({where})",
                  ["λ"] + OPEN_HEADER, open_set_lines(lam, args, lambda s: f"{s['lam']:g}"))
-    alpha = [dict(open_set=True, dim=FIG5_DIM, lam=0.003, alpha=a) for a in FIG5_ALPHAS]
-    out += table(f"Figure 5b: alpha at λ 0.003 (MNIST, {FIG5_DIM}-D, classes {HOLDOUT} held out)",
+    alpha = [fig5_run(lam=0.003, alpha=a) for a in FIG5_ALPHAS]
+    out += table(f"Figure 5b: alpha at λ 0.003 ({where})",
                  ["α"] + OPEN_HEADER, open_set_lines(alpha, args, lambda s: f"{s['alpha']:g}"))
     return out
+
+
+def seed_and_fashion_tables(args):
+    """The deciding comparisons at seeds 1 and 2, and Fashion-MNIST."""
+    closed = [dict(s, seed=seed) for s in (dict(lam=0), BEST_2D) for seed in (1, 2)]
+    opened = [fig5_run(**dict(s, seed=seed)) for s in (dict(lam=0), BEST_OPEN) for seed in (1, 2)]
+    out = table("Second seed, closed set: MNIST, 2-D", ["run"] + CLOSED_HEADER,
+                closed_set_lines(closed, args, describe))
+    out += table(f"Second seed, open set: MNIST, {FIG5_DIM}-D, --lr-model {FIG5_LR:g}, classes "
+                 f"{HOLDOUT} held out", ["run"] + OPEN_HEADER,
+                 open_set_lines(opened, args, describe))
+    fashion = groups()["fashion"]
+    out += table("Fashion-MNIST, closed set: 2-D (test set, cosine)", ["run"] + CLOSED_HEADER,
+                 closed_set_lines(fashion[:2], args, describe))
+    out += table(f"Fashion-MNIST, open set: {FIG5_DIM}-D, --lr-model {FIG5_LR:g}, classes "
+                 f"{HOLDOUT} held out", ["run"] + OPEN_HEADER,
+                 open_set_lines(fashion[2:], args, describe))
+    return out
+
+
+def features_panel(ax, path, name, colors):
+    """Scatter a 2-D run's test_features.pt on ax, its centers marked; title name + accuracy."""
+    import torch
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if not os.path.exists(path):
+        ax.set_title(f"{name}: not run yet", fontsize=10)
+        return
+    saved = torch.load(path, weights_only=True)
+    x, y = saved["features"].numpy(), saved["labels"].numpy()
+    for j in range(len(saved["classes"])):
+        ax.scatter(x[y == j, 0], x[y == j, 1], s=0.5, color=colors(j), rasterized=True,
+                   label=saved["classes"][j])
+    if name != "softmax only":  # softmax only leaves its centers untrained
+        c = saved["centers"].numpy()
+        ax.scatter(c[:, 0], c[:, 1], s=30, c=[colors(j) for j in range(len(c))],
+                   edgecolors="black", linewidths=1.2, zorder=3)
+    ax.set_title(f"{name}: test accuracy {saved['accuracy']:.2f}%", fontsize=10)
 
 
 def fig3_picture(args):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
     fig, axes = plt.subplots(1, len(FIG3_LAMBDAS), figsize=(4 * len(FIG3_LAMBDAS), 4.3), dpi=80)
-    colors = plt.get_cmap("tab10")
     for ax, lam in zip(axes, FIG3_LAMBDAS):
         path = os.path.join(args.runs_dir, run_name(lam=lam), "test_features.pt")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if not os.path.exists(path):
-            ax.set_title(f"λ = {lam:g}: not run yet", fontsize=10)
-            continue
-        saved = torch.load(path, weights_only=True)
-        x, y = saved["features"].numpy(), saved["labels"].numpy()
-        for j in range(len(saved["classes"])):
-            ax.scatter(x[y == j, 0], x[y == j, 1], s=0.5, color=colors(j), rasterized=True,
-                       label=saved["classes"][j])
-        if lam > 0:  # softmax only leaves its centers untrained
-            c = saved["centers"].numpy()
-            ax.scatter(c[:, 0], c[:, 1], s=30, c=[colors(j) for j in range(len(c))],
-                       edgecolors="black", linewidths=1.2, zorder=3)
-        name = "softmax only" if lam == 0 else f"λ = {lam:g}"
-        ax.set_title(f"{name}: test accuracy {saved['accuracy']:.2f}%", fontsize=10)
+        features_panel(ax, path, "softmax only" if lam == 0 else f"λ = {lam:g}",
+                       plt.get_cmap("tab10"))
     if axes[0].collections:
         axes[0].legend(loc="upper left", markerscale=8, fontsize=7, ncol=2)
     fig.suptitle("MNIST test features (2-D, LeNet++), eq. 4 center update with α = 0.5; "
                  "black-edged dots: the learned centers", fontsize=11)
     fig.tight_layout()
     fig.savefig(os.path.join(args.runs_dir, "fig3_lambda.png"))
+    plt.close(fig)
+
+
+def fashion_picture(args):
+    """Closed set: the 2-D test features of both runs. Open set: the unseen classes'
+    verification accuracy and MAP@R after every epoch, softmax only against center loss."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = groups()["fashion"]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5), dpi=80)
+    for ax, s in zip(axes[:2], runs[:2]):
+        path = os.path.join(args.runs_dir, run_name(**s), "test_features.pt")
+        features_panel(ax, path, describe(s), plt.get_cmap("tab10"))
+    if axes[0].collections:
+        axes[0].legend(loc="upper left", markerscale=8, fontsize=7, ncol=2)
+    for ax, key, ylabel in ((axes[2], "unseen_ver_accuracy", "unseen verification accuracy %"),
+                            (axes[3], "unseen_map_at_r", "unseen MAP@R %")):
+        for s, style in zip(runs[2:], ("o-", "s-")):
+            rows = read_rows(os.path.join(args.runs_dir, run_name(**s)))
+            rows = [r for r in rows if r.get(key, "") != ""]
+            if rows:
+                ax.plot([int(r["epoch"]) for r in rows], [float(r[key]) for r in rows], style,
+                        label=describe(s))
+        ax.set(xlabel="epoch", ylabel=ylabel,
+               title=f"open set, {FIG5_DIM}-D: classes {HOLDOUT} never trained on")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle("Fashion-MNIST: closed-set test features (2-D, left) and unseen classes "
+                 "per epoch (right); cosine", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.runs_dir, "fashion.png"))
     plt.close(fig)
 
 
@@ -243,7 +329,7 @@ def fig5_picture(args):
             ax = axes[row_i, col]
             for prefix, style, split in (("", "o-", "seen classes"),
                                          ("unseen_", "s--", f"unseen classes {HOLDOUT}")):
-                points = [(i, last(run_name(open_set=True, dim=FIG5_DIM, **settings(v)), args))
+                points = [(i, last(run_name(**fig5_run(**settings(v))), args))
                           for i, v in enumerate(values)]
                 points = [(i, float(r[prefix + key])) for i, r in points if r is not None]
                 if points:
@@ -270,13 +356,15 @@ def report(args):
              f"(the feature-width table: `--lr-model {DIM_LR:g}`). \"spread of last 3 acc.\" "
              f"is max - min of the last three test accuracies (converged if <= "
              f"{CONVERGED_POINTS}). — marks a run not run or not finished yet.", ""]
-    lines += fig3_table(args) + open_set_tables(args)
+    lines += fig3_table(args) + open_set_tables(args) + seed_and_fashion_tables(args)
     with open(os.path.join(args.runs_dir, "tables.md"), "w") as f:
         f.write("\n".join(lines))
     fig3_picture(args)
     fig5_picture(args)
+    fashion_picture(args)
     print("\n".join(lines))
-    print(f"Wrote tables.md, fig3_lambda.png and fig5_sensitivity.png in {args.runs_dir}")
+    print(f"Wrote tables.md, fig3_lambda.png, fig5_sensitivity.png and fashion.png in "
+          f"{args.runs_dir}")
 
 
 def main():

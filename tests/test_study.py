@@ -28,6 +28,7 @@ def test_every_run_is_a_valid_main_command_with_its_settings():
         assert args.max_epoch == study.MAX_EPOCH and args.eval_freq == 1
         assert args.lr_model == s.get("lr", study.LR)
         assert bool(args.holdout_classes) == s.get("open_set", False)
+        assert args.dataset == s.get("dataset", "mnist") and args.seed == s.get("seed", 1)
         # One name per distinct configuration (shared runs, e.g. lambda 0.003 at alpha 0.5,
         # map to the same name, and lambda 0 ignores alpha).
         names.setdefault(study.run_name(**s), set()).add(tuple(study.run_flags(**s)))
@@ -105,9 +106,21 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
                 "accuracy": 99.2}, os.path.join(tmp_path, study.run_name(lam=0.01), "test_features.pt"))
     unseen = {"unseen_ver_accuracy": "91.23", "unseen_map_at_r": "45.67",
               "unseen_precision_at_1": "80.00", "unseen_tar_at_far": "12.34", **figures}
-    write_run(tmp_path, study.run_name(open_set=True, dim=2, lam=0.003), [99.5] * n, unseen)
+    write_run(tmp_path, study.run_name(**study.fig5_run(lam=0.003)), [99.5] * n, unseen)
     write_run(tmp_path, study.run_name(open_set=True, dim=2, lam=0.003, lr=study.DIM_LR),
               [99.5] * n, unseen)
+    # Second seed and Fashion-MNIST: tables name the runs by their settings.
+    write_run(tmp_path, study.run_name(lam=0, seed=2), [98.0] * n, figures)
+    write_run(tmp_path, study.run_name(**study.fig5_run(seed=2, **study.BEST_OPEN)),
+              [99.5] * n, unseen)
+    fashion = study.groups()["fashion"]
+    write_run(tmp_path, study.run_name(**fashion[0]), [91.0] * n, figures)
+    curve = [dict(unseen, unseen_ver_accuracy=f"{70 + e}") for e in range(n)]
+    fashion_open = write_run(tmp_path, study.run_name(**fashion[3]), [93.0] * n, unseen)
+    with open(os.path.join(fashion_open, "metrics.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "accuracy"] + sorted(unseen))
+        writer.writeheader()
+        writer.writerows({"epoch": e + 1, "accuracy": 93.0, **row} for e, row in enumerate(curve))
 
     args = study.argparse.Namespace(runs_dir=str(tmp_path))
     study.report(args)
@@ -128,5 +141,17 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     assert width["2, 0.003"] == "| 2, 0.003 " + unseen_row
     assert fig5a["0.003"] == "| 0.003 " + unseen_row
     assert sections["Figure 5b"]["0.5"] == "| 0.5 " + unseen_row  # the same run
-    for picture in ("fig3_lambda.png", "fig5_sensitivity.png"):
+    best_open = study.describe(study.BEST_OPEN)
+    assert sections["Second seed, closed set"]["softmax only, seed 2"].startswith(
+        "| softmax only, seed 2 | 98.00 | 98.76 |")
+    assert sections["Second seed, open set"][best_open + ", seed 2"] == \
+        f"| {best_open}, seed 2 " + unseen_row
+    assert sections["Second seed, open set"]["softmax only, seed 2"].endswith("| not finished |")
+    assert sections["Fashion-MNIST, closed set"]["softmax only"].startswith(
+        "| softmax only | 91.00 | 98.76 |")
+    assert sections["Fashion-MNIST, open set"][best_open].startswith(
+        f"| {best_open} | 93.00 | 99.10 | 97.65 | 77.00 |")  # the last epoch's
+    assert fashion[0]["dataset"] == "fashion-mnist" and \
+        study.run_name(**fashion[0]) == "fashion-mnist-d2-lam0"
+    for picture in ("fig3_lambda.png", "fig5_sensitivity.png", "fashion.png"):
         assert os.path.getsize(os.path.join(tmp_path, picture)) > 10_000
