@@ -205,11 +205,40 @@ def describe(s):
     return text + (f", seed {s['seed']}" if s.get("seed", 1) != 1 else "")
 
 
-def fig3_table(args):
-    return table("Figure 3: MNIST, 2-D features, alpha 0.5 (test set, cosine)",
-                 ["λ"] + CLOSED_HEADER,
-                 closed_set_lines([dict(lam=lam) for lam in FIG3_LAMBDAS], args,
-                                  lambda s: f"{s['lam']:g}" + (" (softmax only)" * (not s["lam"]))))
+def fig3_tables(args):
+    runs = [dict(lam=lam) for lam in FIG3_LAMBDAS]
+    label = lambda s: f"{s['lam']:g}" + (" (softmax only)" * (not s["lam"]))  # noqa: E731
+    return (table("Figure 3: MNIST, 2-D features, alpha 0.5 (test set, cosine)",
+                  ["λ"] + CLOSED_HEADER, closed_set_lines(runs, args, label))
+            + table("Figure 3 by L2 distance: the same runs' final test features",
+                    ["λ"] + EUCLIDEAN_HEADER, euclidean_lines(runs, args, label)))
+
+
+def euclidean_lines(settings, args, label):
+    """Retrieval and verification of a 2-D run's saved test features by L2 distance, with
+    main.py's pairs: cosine sees only a feature's angle, center loss shapes its length too."""
+    import torch
+    import evaluation
+    import main
+    lines = []
+    for s in settings:
+        path = os.path.join(args.runs_dir, run_name(**s), "test_features.pt")
+        if not os.path.exists(path):
+            lines.append([label(s)] + ["—"] * 4)
+            continue
+        saved = torch.load(path, weights_only=True)
+        x, y = saved["features"], saved["labels"]
+        r = evaluation.retrieval_metrics(x, y, metric="euclidean")
+        pairs = evaluation.verification_pairs(y, main.NUM_PAIRS, seed=main.PAIRS_SEED)
+        v = evaluation.verification_metrics(x, y, pairs, metric="euclidean")
+        lines.append([label(s)] + [f"{100 * value:.2f}" for value in
+                                   (r["precision_at_1"], r["map_at_r"], v["accuracy"],
+                                    v["tar_at_far"])])
+    return lines
+
+
+EUCLIDEAN_HEADER = ["P@1 % (L2)", "MAP@R % (L2)", "verification acc. % (L2)",
+                    "TAR@FAR=1e-3 % (L2)"]
 
 
 def open_set_tables(args):
@@ -239,6 +268,8 @@ def seed_and_fashion_tables(args):
     fashion = groups()["fashion"]
     out += table("Fashion-MNIST, closed set: 2-D (test set, cosine)", ["run"] + CLOSED_HEADER,
                  closed_set_lines(fashion[:2], args, describe))
+    out += table("Fashion-MNIST, closed set by L2 distance", ["run"] + EUCLIDEAN_HEADER,
+                 euclidean_lines(fashion[:2], args, describe))
     out += table(f"Fashion-MNIST, open set: {FIG5_DIM}-D, --lr-model {FIG5_LR:g}, classes "
                  f"{HOLDOUT} held out", ["run"] + OPEN_HEADER,
                  open_set_lines(fashion[2:], args, describe))
@@ -356,7 +387,7 @@ def report(args):
              f"(the feature-width table: `--lr-model {DIM_LR:g}`). \"spread of last 3 acc.\" "
              f"is max - min of the last three test accuracies (converged if <= "
              f"{CONVERGED_POINTS}). — marks a run not run or not finished yet.", ""]
-    lines += fig3_table(args) + open_set_tables(args) + seed_and_fashion_tables(args)
+    lines += fig3_tables(args) + open_set_tables(args) + seed_and_fashion_tables(args)
     with open(os.path.join(args.runs_dir, "tables.md"), "w") as f:
         f.write("\n".join(lines))
     fig3_picture(args)

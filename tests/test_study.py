@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import evaluation
 import main
 from conftest import ROOT
 
@@ -137,6 +138,17 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     assert fig3["1"].endswith("| 5.00 (NOT converged) |")
     assert fig3["0.1"].startswith("| 0.1 | — | — |")  # unfinished runs are never quoted
     assert fig3["0 (softmax only)"].endswith("| not finished |")
+    # L2 figures come from the saved features, with main.py's pairs.
+    saved = torch.load(os.path.join(tmp_path, study.run_name(lam=0.01), "test_features.pt"))
+    r = evaluation.retrieval_metrics(saved["features"], saved["labels"], metric="euclidean")
+    pairs = evaluation.verification_pairs(saved["labels"], main.NUM_PAIRS, seed=main.PAIRS_SEED)
+    v = evaluation.verification_metrics(saved["features"], saved["labels"], pairs,
+                                        metric="euclidean")
+    l2 = sections["Figure 3 by L2 distance"]
+    assert l2["0.01"] == "| 0.01 | " + " | ".join(
+        f"{100 * x:.2f}" for x in (r["precision_at_1"], r["map_at_r"], v["accuracy"],
+                                   v["tar_at_far"])) + " |"
+    assert l2["1"] == "| 1 | — | — | — | — |"  # no saved features: nothing made up
     unseen_row = "| 99.50 | 99.10 | 97.65 | 91.23 | 45.67 | 80.00 | 12.34 | 0.00 |"
     assert width["2, 0.003"] == "| 2, 0.003 " + unseen_row
     assert fig5a["0.003"] == "| 0.003 " + unseen_row
