@@ -18,7 +18,8 @@ the dim group):
            0.003, 0.01, 0.1, 1: the paper's Figure 3.
     dim    MNIST with 4 held-out classes, lambda 0 and 0.003, features of 2 and 128
            dimensions: which width to study the open set at. At 128-D the softmax-only
-           run diverged at LR (NaN in epoch 1), so this group runs at DIM_LR.
+           run diverged at LR (NaN in epoch 1), so this group runs at DIM_LR. 128-D won
+           on the unseen classes by more than 10 points: Figure 5 is studied at 128-D.
     fig5   MNIST with 4 held-out classes at FIG5_DIM (and FIG5_LR): lambda 0 ... 0.1 at
            alpha 0.5, and alpha 0.01 ... 1 at lambda 0.003 (the paper's Figure 5a and 5b).
     seed2  the deciding comparisons again with --seed 2: softmax only against BEST_2D
@@ -52,8 +53,10 @@ HOLDOUT = "6,7,8,9"  # four classes the open-set runs never train on
 FIG3_LAMBDAS = [0, 0.003, 0.01, 0.1, 1]
 FIG5_LAMBDAS = [0, 0.001, 0.003, 0.01, 0.03, 0.1]
 FIG5_ALPHAS = [0.01, 0.1, 0.5, 1]
-FIG5_DIM = 2  # the width of the open-set study, chosen from the dim group (log/README.md)
-FIG5_LR = LR
+# The width of the open-set study, chosen from the dim group (log/README.md): unseen
+# classes at 2-D stay near chance (verification ~65%), at 128-D they are told apart.
+FIG5_DIM = 128
+FIG5_LR = DIM_LR  # the rate 128-D features train at
 # The settings the recommendation rests on, chosen from fig3 and fig5 (log/README.md);
 # provisional until fig5 has finished: BEST_2D is fig3's most accurate run so far.
 BEST_2D = dict(lam=1, alpha=0.5)
