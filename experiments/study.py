@@ -361,13 +361,17 @@ def fig5_picture(args):
     for col, (xlabel, values, settings) in enumerate(sweeps):
         for row_i, (key, ylabel) in enumerate(metrics):
             ax = axes[row_i, col]
-            for prefix, style, split in (("", "o-", "seen classes"),
-                                         ("unseen_", "s--", f"unseen classes {HOLDOUT}")):
-                points = [(i, last(run_name(**fig5_run(**settings(v))), args))
-                          for i, v in enumerate(values)]
-                points = [(i, float(r[prefix + key])) for i, r in points if r is not None]
-                if points:
-                    ax.plot(*zip(*points), style, label=split)
+            for prefix, style, color, split in (
+                    ("", "o-", "C0", "seen classes"),
+                    ("unseen_", "s--", "C1", f"unseen classes {HOLDOUT}")):
+                for seed in (1, 2):  # seed 2 exists for the seed2 group's runs only
+                    points = [(i, last(run_name(**fig5_run(seed=seed, **settings(v))), args))
+                              for i, v in enumerate(values)]
+                    points = [(i, float(r[prefix + key])) for i, r in points if r is not None]
+                    if points:
+                        ax.plot(*zip(*points), style if seed == 1 else "x", color=color,
+                                markersize=6 if seed == 1 else 9,
+                                label=split if seed == 1 else f"{split}, seed 2")
             ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
             ax.set(xlabel=xlabel, ylabel=ylabel)
             ax.grid(alpha=0.3)
