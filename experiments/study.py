@@ -181,6 +181,8 @@ CLOSED_HEADER = ["accuracy %", "P@1 %", "MAP@R %", "verification acc. %", "TAR@F
 OPEN_HEADER = ["seen accuracy %", "seen verification %", "seen MAP@R %",
                "unseen verification %", "unseen MAP@R %", "unseen P@1 %",
                "unseen TAR@FAR=1e-3 %", "spread of last 3 acc."]
+EUCLIDEAN_HEADER = ["P@1 % (L2)", "MAP@R % (L2)", "verification acc. % (L2)",
+                    "TAR@FAR=1e-3 % (L2)"]
 
 
 def closed_set_lines(settings, args, label):
@@ -242,10 +244,6 @@ def euclidean_lines(settings, args, label):
     return lines
 
 
-EUCLIDEAN_HEADER = ["P@1 % (L2)", "MAP@R % (L2)", "verification acc. % (L2)",
-                    "TAR@FAR=1e-3 % (L2)"]
-
-
 def open_set_tables(args):
     where = f"MNIST, {FIG5_DIM}-D, --lr-model {FIG5_LR:g}, classes {HOLDOUT} held out"
     out = table(f"Feature width, open set: MNIST, classes {HOLDOUT} held out, alpha 0.5, "
@@ -281,8 +279,9 @@ def seed_and_fashion_tables(args):
     return out
 
 
-def features_panel(ax, path, name, colors):
-    """Scatter a 2-D run's test_features.pt on ax, its centers marked; title name + accuracy."""
+def features_panel(ax, path, name, colors, centers):
+    """Scatter a 2-D run's test_features.pt on ax, its centers marked if `centers` (softmax
+    only leaves them untrained); title name + accuracy."""
     import torch
     ax.set_xticks([])
     ax.set_yticks([])
@@ -294,7 +293,7 @@ def features_panel(ax, path, name, colors):
     for j in range(len(saved["classes"])):
         ax.scatter(x[y == j, 0], x[y == j, 1], s=0.5, color=colors(j), rasterized=True,
                    label=saved["classes"][j])
-    if name != "softmax only":  # softmax only leaves its centers untrained
+    if centers:
         c = saved["centers"].numpy()
         ax.scatter(c[:, 0], c[:, 1], s=30, c=[colors(j) for j in range(len(c))],
                    edgecolors="black", linewidths=1.2, zorder=3)
@@ -309,7 +308,7 @@ def fig3_picture(args):
     for ax, lam in zip(axes, FIG3_LAMBDAS):
         path = os.path.join(args.runs_dir, run_name(lam=lam), "test_features.pt")
         features_panel(ax, path, "softmax only" if lam == 0 else f"λ = {lam:g}",
-                       plt.get_cmap("tab10"))
+                       plt.get_cmap("tab10"), centers=lam > 0)
     if axes[0].collections:
         axes[0].legend(loc="upper left", markerscale=8, fontsize=7, ncol=2)
     fig.suptitle("MNIST test features (2-D, LeNet++), eq. 4 center update with α = 0.5; "
@@ -329,7 +328,7 @@ def fashion_picture(args):
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.5), dpi=80)
     for ax, s in zip(axes[:2], runs[:2]):
         path = os.path.join(args.runs_dir, run_name(**s), "test_features.pt")
-        features_panel(ax, path, describe(s), plt.get_cmap("tab10"))
+        features_panel(ax, path, describe(s), plt.get_cmap("tab10"), centers=s["lam"] > 0)
     if axes[0].collections:
         axes[0].legend(loc="upper left", markerscale=8, fontsize=7, ncol=2)
     for ax, key, ylabel in ((axes[2], "unseen_ver_accuracy", "unseen verification accuracy %"),
