@@ -373,6 +373,10 @@ def fig5_picture(args):
                         ax.plot(*zip(*points), style if seed == 1 else "x", color=color,
                                 markersize=6 if seed == 1 else 9,
                                 label=split if seed == 1 else f"{split}, seed 2")
+                softmax = last(run_name(**fig5_run(lam=0)), args)
+                if col == 1 and softmax is not None:  # what every α is weighed against
+                    ax.axhline(float(softmax[prefix + key]), color=color, linestyle=":",
+                               label=f"{split.split(' ')[0]}, softmax only (λ = 0)")
             ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
             ax.set(xlabel=xlabel, ylabel=ylabel)
             ax.grid(alpha=0.3)
