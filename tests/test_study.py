@@ -26,7 +26,8 @@ def test_every_run_is_a_valid_main_command_with_its_settings():
         args = main.get_parser().parse_args(study.run_flags(**s))
         assert args.weight_cent == s.get("lam", 0.003)
         assert args.feat_dim == s.get("dim", 2) and args.center_update == "paper"
-        assert args.max_epoch == study.MAX_EPOCH and args.eval_freq == 1
+        assert args.max_epoch == (study.FASHION_MAX_EPOCH if args.dataset == study.FASHION
+                                  else study.MAX_EPOCH) and args.eval_freq == 1
         assert args.lr_model == s.get("lr", study.LR)
         assert bool(args.holdout_classes) == s.get("open_set", False)
         assert args.dataset == s.get("dataset", "mnist") and args.seed == s.get("seed", 1)
@@ -86,6 +87,17 @@ def test_skip_resume_or_start(tmp_path, monkeypatch):
     study.train("new", ["--weight-cent", "1"], args, [])
     assert "--resume" not in calls[-1] and calls[-1][-2:] == ["--weight-cent", "1"]
 
+    # A Fashion-MNIST run that finished MAX_EPOCH epochs is lengthened to FASHION_MAX_EPOCH
+    # from its checkpoint (main.py continues the same schedule), then counts as finished.
+    name = study.run_name(dataset=study.FASHION, lam=0)
+    short = write_run(tmp_path, name, [90.0] * study.MAX_EPOCH)
+    open(os.path.join(short, "checkpoint.pth.tar"), "w").close()
+    assert study.MAX_EPOCH < study.FASHION_MAX_EPOCH and not study.finished(short + os.sep)
+    study.train(name, study.run_flags(dataset=study.FASHION, lam=0), args, [])
+    assert calls[-1][-2:] == ["--resume", os.path.join(short, "checkpoint.pth.tar")]
+    write_run(tmp_path, name, [90.0] * study.FASHION_MAX_EPOCH)
+    assert study.finished(short + os.sep)
+
 
 def test_a_failed_run_stops_the_study(tmp_path, monkeypatch):
     monkeypatch.setattr(study.subprocess, "Popen", FakeChild([], 1))
@@ -114,10 +126,10 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     write_run(tmp_path, study.run_name(lam=0, seed=2), [98.0] * n, figures)
     write_run(tmp_path, study.run_name(**study.fig5_run(seed=2, **study.BEST_OPEN)),
               [99.5] * n, unseen)
-    fashion = study.groups()["fashion"]
-    write_run(tmp_path, study.run_name(**fashion[0]), [91.0] * n, figures)
-    curve = [dict(unseen, unseen_ver_accuracy=f"{70 + e}") for e in range(n)]
-    fashion_open = write_run(tmp_path, study.run_name(**fashion[3]), [93.0] * n, unseen)
+    fashion, nf = study.groups()["fashion"], study.FASHION_MAX_EPOCH
+    write_run(tmp_path, study.run_name(**fashion[0]), [91.0] * nf, figures)
+    curve = [dict(unseen, unseen_ver_accuracy=f"{70 + e}") for e in range(nf)]
+    fashion_open = write_run(tmp_path, study.run_name(**fashion[3]), [93.0] * nf, unseen)
     with open(os.path.join(fashion_open, "metrics.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", "accuracy"] + sorted(unseen))
         writer.writeheader()
@@ -162,7 +174,7 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     assert sections["Fashion-MNIST, closed set"]["softmax only"].startswith(
         "| softmax only | 91.00 | 98.76 |")
     assert sections["Fashion-MNIST, open set"][best_open].startswith(
-        f"| {best_open} | 93.00 | 99.10 | 97.65 | 77.00 |")  # the last epoch's
+        f"| {best_open} | 93.00 | 99.10 | 97.65 | {70 + nf - 1:.2f} |")  # the last epoch's
     assert fashion[0]["dataset"] == "fashion-mnist" and \
         study.run_name(**fashion[0]) == "fashion-mnist-d2-lam0"
     for picture in ("fig3_lambda.png", "fig5_sensitivity.png", "fashion.png"):
