@@ -119,7 +119,8 @@ def read_rows(run_dir):
 
 def finished(run_dir):
     rows = read_rows(run_dir)
-    if not rows or int(rows[-1]["epoch"]) != max_epoch(os.path.basename(os.path.normpath(run_dir))):
+    run = os.path.basename(os.path.normpath(run_dir))
+    if not rows or int(rows[-1]["epoch"]) != max_epoch(run):
         return False
     for name in os.listdir(run_dir):
         if name.startswith("log_"):
@@ -279,7 +280,8 @@ def seed_and_fashion_tables(args):
                  f"{HOLDOUT} held out", ["run"] + OPEN_HEADER,
                  open_set_lines(opened, args, describe))
     fashion = groups()["fashion"]
-    out += table(f"Fashion-MNIST, closed set: 2-D, {FASHION_MAX_EPOCH} epochs (test set, cosine)", ["run"] + CLOSED_HEADER,
+    out += table(f"Fashion-MNIST, closed set: 2-D, {FASHION_MAX_EPOCH} epochs (test set, cosine)",
+                 ["run"] + CLOSED_HEADER,
                  closed_set_lines(fashion[:2], args, describe))
     out += table("Fashion-MNIST, closed set by L2 distance", ["run"] + EUCLIDEAN_HEADER,
                  euclidean_lines(fashion[:2], args, describe))
