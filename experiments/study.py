@@ -371,13 +371,14 @@ def fig5_picture(args):
     sweeps = [("λ (α = 0.5)", FIG5_LAMBDAS, lambda v: dict(lam=v)),
               ("α (λ = 0.003)", FIG5_ALPHAS, lambda v: dict(lam=0.003, alpha=v))]
     metrics = [("ver_accuracy", "verification accuracy %"), ("map_at_r", "MAP@R %")]
+    softmax = last(run_name(**fig5_run(lam=0)), args)  # what every α is weighed against
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=80)
     for col, (xlabel, values, settings) in enumerate(sweeps):
         for row_i, (key, ylabel) in enumerate(metrics):
             ax = axes[row_i, col]
-            for prefix, style, color, split in (
-                    ("", "o-", "C0", "seen classes"),
-                    ("unseen_", "s--", "C1", f"unseen classes {HOLDOUT}")):
+            for prefix, style, color, split, short in (
+                    ("", "o-", "C0", "seen classes", "seen"),
+                    ("unseen_", "s--", "C1", f"unseen classes {HOLDOUT}", "unseen")):
                 for seed in (1, 2):  # seed 2 exists for the seed2 group's runs only
                     points = [(i, last(run_name(**fig5_run(seed=seed, **settings(v))), args))
                               for i, v in enumerate(values)]
@@ -386,10 +387,9 @@ def fig5_picture(args):
                         ax.plot(*zip(*points), style if seed == 1 else "x", color=color,
                                 markersize=6 if seed == 1 else 9,
                                 label=split if seed == 1 else f"{split}, seed 2")
-                softmax = last(run_name(**fig5_run(lam=0)), args)
-                if col == 1 and softmax is not None:  # what every α is weighed against
+                if col == 1 and softmax is not None:
                     ax.axhline(float(softmax[prefix + key]), color=color, linestyle=":",
-                               label=f"{split.split(' ')[0]}, softmax only (λ = 0)")
+                               label=f"{short}, softmax only (λ = 0)")
             ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
             ax.set(xlabel=xlabel, ylabel=ylabel)
             ax.grid(alpha=0.3)
