@@ -130,6 +130,7 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     write_run(tmp_path, study.run_name(**fashion[0]), [91.0] * nf, figures)
     curve = [dict(unseen, unseen_ver_accuracy=f"{70 + e}") for e in range(nf)]
     fashion_open = write_run(tmp_path, study.run_name(**fashion[3]), [93.0] * nf, unseen)
+    write_run(tmp_path, study.run_name(**fashion[5]), [90.5] * nf, figures)  # λ 1, seed 2
     with open(os.path.join(fashion_open, "metrics.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", "accuracy"] + sorted(unseen))
         writer.writeheader()
@@ -175,7 +176,14 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
         "| softmax only | 91.00 | 98.76 |")
     assert sections["Fashion-MNIST, open set"][best_open].startswith(
         f"| {best_open} | 93.00 | 99.10 | 97.65 | {70 + nf - 1:.2f} |")  # the last epoch's
+    best_2d = study.describe(study.BEST_2D)
+    assert sections["Fashion-MNIST, closed set"][best_2d + ", seed 2"].startswith(
+        f"| {best_2d}, seed 2 | 90.50 | 98.76 |")
+    assert sections["Fashion-MNIST, closed set"]["softmax only, seed 2"].endswith(
+        "| not finished |")
     assert fashion[0]["dataset"] == "fashion-mnist" and \
         study.run_name(**fashion[0]) == "fashion-mnist-d2-lam0"
+    assert fashion[4:] == study.fashion_runs(seed=2) and \
+        study.run_name(**fashion[7]) == "fashion-mnist-open-d128-lam0.003-alpha0.5-lr0.005-seed2"
     for picture in ("fig3_lambda.png", "fig5_sensitivity.png", "fashion.png"):
         assert os.path.getsize(os.path.join(tmp_path, picture)) > 10_000
