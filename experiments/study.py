@@ -285,6 +285,8 @@ def seed_and_fashion_tables(args):
     opened = [fig5_run(**dict(s, seed=seed)) for s in (dict(lam=0), BEST_OPEN) for seed in (1, 2)]
     out = table("Second seed, closed set: MNIST, 2-D", ["run"] + CLOSED_HEADER,
                 closed_set_lines(closed, args, describe))
+    out += table("Second seed, closed set by L2 distance", ["run"] + EUCLIDEAN_HEADER,
+                 euclidean_lines(closed, args, describe))
     out += table(f"Second seed, open set: MNIST, {FIG5_DIM}-D, --lr-model {FIG5_LR:g}, classes "
                  f"{HOLDOUT} held out", ["run"] + OPEN_HEADER,
                  open_set_lines(opened, args, describe))

@@ -169,6 +169,8 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     best_open = study.describe(study.BEST_OPEN)
     assert sections["Second seed, closed set"]["softmax only, seed 2"].startswith(
         "| softmax only, seed 2 | 98.00 | 98.76 |")
+    assert sections["Second seed, closed set by L2 distance"]["softmax only, seed 2"] == \
+        "| softmax only, seed 2 | — | — | — | — |"  # no saved features
     assert sections["Second seed, open set"][best_open + ", seed 2"] == \
         f"| {best_open}, seed 2 " + unseen_row
     assert sections["Second seed, open set"]["softmax only, seed 2"].endswith("| not finished |")
