@@ -290,17 +290,17 @@ def seed_and_fashion_tables(args):
     out += table(f"Second seed, open set: MNIST, {FIG5_DIM}-D, --lr-model {FIG5_LR:g}, classes "
                  f"{HOLDOUT} held out", ["run"] + OPEN_HEADER,
                  open_set_lines(opened, args, describe))
-    # Each run beside its second seed, as in the tables above.
-    closed = [s for i in (0, 1) for s in (fashion_runs(1)[i], fashion_runs(2)[i])]
-    opened = [s for i in (2, 3) for s in (fashion_runs(1)[i], fashion_runs(2)[i])]
+    fashion = fashion_runs()  # each run beside its second seed, as in the tables above
+    fashion_closed = [dict(s, seed=seed) for s in fashion[:2] for seed in (1, 2)]
+    fashion_open = [dict(s, seed=seed) for s in fashion[2:] for seed in (1, 2)]
     out += table(f"Fashion-MNIST, closed set: 2-D, {FASHION_MAX_EPOCH} epochs (test set, cosine)",
-                 ["run"] + CLOSED_HEADER, closed_set_lines(closed, args, describe))
+                 ["run"] + CLOSED_HEADER, closed_set_lines(fashion_closed, args, describe))
     out += table("Fashion-MNIST, closed set by L2 distance", ["run"] + EUCLIDEAN_HEADER,
-                 euclidean_lines(closed, args, describe))
+                 euclidean_lines(fashion_closed, args, describe))
     out += table(f"Fashion-MNIST, open set: {FIG5_DIM}-D, --lr-model {FIG5_LR:g}, "
                  f"{FASHION_MAX_EPOCH} epochs, classes "
                  f"{HOLDOUT} held out", ["run"] + OPEN_HEADER,
-                 open_set_lines(opened, args, describe))
+                 open_set_lines(fashion_open, args, describe))
     return out
 
 
