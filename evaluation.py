@@ -10,6 +10,11 @@ measures features the way that field does, for any (N, D) features and (N,) labe
 * **Verification** (``verification_pairs``, ``verification_metrics``): same-class /
   different-class pairs laid out as LFW's ``pairs.txt`` (10 folds), scored by cosine
   similarity as in the paper; 10-fold accuracy, ROC AUC and TAR at a fixed FAR.
+* **All-pairs verification** (``all_pairs_tar_at_far``): TAR at low FARs over *every*
+  pair of a test set, the 1:1 protocol of IJB-style face benchmarks; 3,000 sampled
+  impostor pairs cannot resolve a FAR of 1e-4, 86.8 M pairs can.
+* **One-shot classification** (``one_shot_error``): Lake et al.'s Omniglot task
+  (Science 2015), each query given the class of its nearest support image.
 
     >>> import torch
     >>> from evaluation import retrieval_metrics, verification_pairs, verification_metrics
@@ -36,7 +41,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["retrieval_metrics", "verification_pairs", "verification_metrics"]
+__all__ = ["retrieval_metrics", "verification_pairs", "verification_metrics",
+           "all_pairs_tar_at_far", "one_shot_error"]
 
 METRICS = ("cosine", "euclidean")
 # Elements of one block of the query-by-sample similarity matrix (float64: 64 MiB).
@@ -327,3 +333,113 @@ def _tar_at_far(scores, same, far):
     if k >= len(diff):
         return 1.0
     return (scores[same] > diff[k]).double().mean().item()
+
+
+def all_pairs_tar_at_far(features, labels, fars=(1e-3, 1e-4, 1e-5), metric="cosine",
+                         block_size=None):
+    """True accept rate at each false accept rate over all N (N - 1) / 2 pairs.
+
+    Same definition as ``verification_metrics``' ``tar_at_far``, on every unordered pair
+    of distinct samples instead of sampled ones: "same" when the score is above a
+    threshold t, where t is the (k+1)-th highest different-class score and k =
+    floor(far * number of different-class pairs), so at most that share of impostors is
+    accepted; ties at t are rejected. Exact, in float64, and in O(block x N) memory: the
+    N x N matrix is never held, only each block's same-class scores and the running
+    k_max + 1 highest different-class scores (merged across blocks with ``topk``).
+
+    Args:
+        features: (N, D) floating point tensor, on any device.
+        labels: (N,) integer tensor; needs a same-class and a different-class pair.
+        fars: false accept rates in [0, 1]. Default: 1e-3, 1e-4, 1e-5.
+        metric: ``'cosine'`` (default) or ``'euclidean'``.
+        block_size: rows per block; default keeps a block under 2**23 scores.
+
+    Returns:
+        dict with ``tar`` ({far: TAR in [0, 1]}), ``num_same`` and ``num_different``
+        (the numbers of pairs).
+    """
+    _check(features, labels)
+    fars = tuple(fars)
+    if not fars or not all(isinstance(f, (int, float)) and 0 <= f <= 1 for f in fars):
+        raise ValueError(f"fars must be numbers in [0, 1], got {fars!r}")
+    x = _prepare(features, metric)
+    labels = labels.to(x.device)
+    n = len(labels)
+    if block_size is None:
+        block_size = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    counts = torch.unique(labels, return_counts=True)[1]
+    num_same = int((counts * (counts - 1) // 2).sum())
+    num_diff = n * (n - 1) // 2 - num_same
+    if num_same == 0 or num_diff == 0:
+        raise ValueError(f"labels: all-pairs verification needs a same-class and a "
+                         f"different-class pair, got {num_same} and {num_diff}")
+    ks = {far: math.floor(far * num_diff + 1e-9) for far in fars}
+    keep = min(max(ks.values()) + 1, num_diff)  # impostor scores needed for every far
+    top = torch.empty(0, dtype=torch.float64, device=x.device)  # highest first
+    floor = -math.inf  # once `top` is full, only scores above its last can enter it
+    genuine = []
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        sim = _similarity(x[start:stop], x[start:], metric)  # pairs (i, j >= start)
+        rows = torch.arange(start, stop, device=x.device).unsqueeze(1)
+        upper = torch.arange(start, n, device=x.device).unsqueeze(0) > rows  # j > i
+        same = labels[start:stop].unsqueeze(1) == labels[start:].unsqueeze(0)
+        genuine.append(sim[same & upper])
+        impostors = sim.masked_fill_(same | ~upper, -math.inf)
+        candidates = impostors[impostors > floor]
+        if len(candidates):
+            top = torch.cat([top, candidates])
+            top = top.topk(min(keep, len(top))).values
+            if len(top) == keep:
+                floor = top[-1].item()
+    genuine = torch.cat(genuine)
+    tar = {far: 1.0 if k >= num_diff else (genuine > top[k]).double().mean().item()
+           for far, k in ks.items()}
+    return {"tar": tar, "num_same": num_same, "num_different": num_diff}
+
+
+def one_shot_error(support, queries, answers, metric="cosine"):
+    """Error of one-shot classification by nearest neighbour, per run and averaged.
+
+    Run r has W support features, one per class, and Q query features; query q is given
+    the class of its most similar support feature (highest cosine, or smallest L2
+    distance; of equal ones the first), and is wrong unless that is ``answers[r, q]``.
+    This is how Lake et al. (Science 2015) score their 20 runs of 20-way, 1-shot
+    Omniglot classification: the error averaged over runs.
+
+    Args:
+        support: (R, W, D) floating point tensor.
+        queries: (R, Q, D) floating point tensor.
+        answers: (R, Q) integer tensor of indices in 0..W-1.
+        metric: ``'cosine'`` (default) or ``'euclidean'``.
+
+    Returns:
+        dict with ``error`` (mean over runs of each run's error, in [0, 1]),
+        ``error_std`` (their standard deviation over runs, 1/R normalisation) and
+        ``per_run`` ((R,) float64 tensor).
+    """
+    if (not isinstance(support, torch.Tensor) or not isinstance(queries, torch.Tensor)
+            or support.dim() != 3 or queries.dim() != 3
+            or support.shape[0] != queries.shape[0] or support.shape[2] != queries.shape[2]):
+        raise ValueError(f"support and queries must be (R, W, D) and (R, Q, D) tensors, got "
+                         f"{_describe(support)} and {_describe(queries)}")
+    if not support.is_floating_point() or not queries.is_floating_point():
+        raise TypeError(f"support and queries must be floating point, got {support.dtype} "
+                        f"and {queries.dtype}")
+    if (not isinstance(answers, torch.Tensor) or answers.shape != queries.shape[:2]
+            or answers.is_floating_point()):
+        raise ValueError(f"answers must be an integer tensor of shape "
+                         f"{tuple(queries.shape[:2])}, got {_describe(answers)}")
+    if answers.numel() and not 0 <= int(answers.min()) <= int(answers.max()) < support.shape[1]:
+        raise ValueError(f"answers must be indices in 0..{support.shape[1] - 1}, got values "
+                         f"from {int(answers.min())} to {int(answers.max())}")
+    # _prepare works on (N, D) rows: each feature is normalised on its own.
+    s = _prepare(support.flatten(0, 1), metric).view(support.shape)
+    q = _prepare(queries.flatten(0, 1), metric).view(queries.shape)
+    sim = q @ s.transpose(1, 2) if metric == "cosine" else -torch.cdist(q, s)
+    wrong = sim.argmax(2) != answers.to(sim.device)
+    per_run = wrong.double().mean(1).cpu()
+    return {"error": per_run.mean().item(), "error_std": per_run.std(unbiased=False).item(),
+            "per_run": per_run}

@@ -6,6 +6,7 @@
     python main.py --resume log/checkpoint.pth.tar   # continue an interrupted run
     python main.py --holdout-classes 6,7,8,9 --plot  # open set: 4 classes never trained on
     python main.py --evaluate --resume log/checkpoint.pth.tar   # evaluate, train nothing
+    python main.py -d omniglot --feat-dim 128 --optimizer adam  # 964 characters, 659 unseen
 
 Same flags, defaults, training and console output as KaiyangZhou/pytorch-center-loss,
 plus checkpoints, resuming, the paper's center update, feature statistics and GIFs, and
@@ -51,14 +52,21 @@ positive_float = _typed(float, lambda v: v > 0 and math.isfinite(v), "a finite n
 def get_parser():
     p = argparse.ArgumentParser(description="Softmax + center loss on MNIST (LeNet++)")
     # dataset
-    p.add_argument("-d", "--dataset", type=str, default="mnist", choices=sorted(datasets.DATASETS))
+    p.add_argument("-d", "--dataset", type=str, default="mnist", choices=datasets.NAMES)
     p.add_argument("-j", "--workers", default=4, type=nonneg_int,
                    help="kept for compatibility; batches come from memory (default: 4)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--data-root", type=str, default="./data",
-                   help="folder holding MNIST/raw or FashionMNIST/raw; downloaded there if missing")
+                   help="folder holding MNIST/raw, FashionMNIST/raw or omniglot-py/ (and "
+                        "omniglot-one-shot/all_runs.zip); downloaded there if missing")
+    p.add_argument("--train-classes", type=positive_int, default=None, metavar="K",
+                   help="omniglot: train on K of its 964 background characters, drawn with "
+                        "--seed (default: all); the unseen test stays the 659 evaluation ones")
     # optimization
     p.add_argument("--lr-model", type=nonneg_float, default=0.001, help="learning rate for model")
+    p.add_argument("--optimizer", type=str, default="sgd", choices=["sgd", "adam"],
+                   help="the model's optimizer: sgd (momentum 0.9, as the popular script) or "
+                        "adam; both with weight decay 5e-4. The centers always take plain SGD")
     p.add_argument("--lr-cent", type=nonneg_float, default=0.5,
                    help="learning rate for center loss (the paper's alpha with --center-update paper)")
     p.add_argument("--weight-cent", type=nonneg_float, default=1,
@@ -97,6 +105,11 @@ def get_parser():
 def parse_holdout(text, dataset):
     """The class indices named in --holdout-classes (indices or the dataset's class
     names, case-insensitive), sorted; ValueError for people otherwise."""
+    if dataset == datasets.OMNIGLOT:
+        if text.strip():
+            raise ValueError(f"--holdout-classes {text}: {dataset} has its own unseen classes, "
+                             f"the 659 characters of its evaluation alphabets")
+        return []
     names = datasets.DATASETS[dataset][3]
     lookup = {name.lower(): j for j, name in enumerate(names)}
     lookup.update({str(j): j for j in range(len(names))})
@@ -189,24 +202,39 @@ def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent
 
 
 @torch.no_grad()
-def test(model, testloader, args, num_seen=None):
+def test(model, dataset, args):
     """Accuracy on the whole test set (every rank's shard, under torchrun), and the
-    test features for the statistics and plots. Labels from `num_seen` on are held-out
-    classes: the classifier has no output for them, so accuracy counts the others."""
+    test features for the statistics and plots. Labels from dataset.num_classes on are
+    unseen classes: the classifier has no output for them, so accuracy counts the
+    others. Returns (accuracy %, error %, features, labels, one-shot features or None)."""
     model.eval()
     all_features, all_labels, all_correct = [], [], []
-    for data, labels in testloader:
+    for data, labels in dataset.testloader:
         features, outputs = forward(model, data, args)
         all_correct.append((outputs.argmax(1) == labels).cpu())
         all_features.append(features.float().cpu())
         all_labels.append(labels.cpu())
     features, labels, correct = (utils.gather(torch.cat(t))
                                  for t in (all_features, all_labels, all_correct))
-    if num_seen is not None:
-        correct = correct[labels < num_seen]
+    correct = correct[labels < dataset.num_classes]
     acc = round(correct.sum().item() * 100. / len(correct), 2)
     err = round(100. - acc, 2)
-    return acc, err, features, labels
+    return acc, err, features, labels, one_shot_features(model, dataset, args)
+
+
+def one_shot_features(model, dataset, args):
+    """Features of the one-shot runs' support and query images, (R, W, D) and (R, Q, D),
+    normalised as the training images; None without one-shot runs."""
+    if dataset.one_shot is None:
+        return None
+    loader = dataset.trainloader
+    out = []
+    for key in ("support", "queries"):
+        images = dataset.one_shot[key]
+        data = datasets.normalise(images.flatten(0, 1), loader.mean, loader.std)
+        features, _ = forward(model, data.to(loader.images.device), args)
+        out.append(features.float().cpu().view(*images.shape[:2], -1))
+    return tuple(out)
 
 
 def main(argv=None):
@@ -216,6 +244,8 @@ def main(argv=None):
         args.holdout = parse_holdout(args.holdout_classes, args.dataset)
     except ValueError as e:
         parser.error(str(e))
+    if args.train_classes is not None and args.dataset != datasets.OMNIGLOT:
+        parser.error(f"--train-classes is for -d {datasets.OMNIGLOT}, not {args.dataset}")
     torch.manual_seed(args.seed)
     # Under torchrun each machine runs LOCAL_WORLD_SIZE processes, one per device: the
     # default --gpu 0 would hide all devices but one, so it then keeps them all visible.
@@ -257,7 +287,8 @@ def main(argv=None):
 # Flags that change what a checkpoint's tensors mean: resuming with other values would
 # fail in load_state_dict or, worse, silently train the weights on something else.
 RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-dim",
-                "center_update": "--center-update", "holdout": "--holdout-classes"}
+                "center_update": "--center-update", "holdout": "--holdout-classes",
+                "train_classes": "--train-classes", "optimizer": "--optimizer"}
 
 
 def given_flags(argv):
@@ -282,9 +313,11 @@ def load_resume(args, given):
         ckpt = utils.load_checkpoint(args.resume, "cpu")
     except ValueError as e:
         sys.exit(f"error: --resume {e}")
-    saved = dict(ckpt["args"], holdout=ckpt.get("holdout_classes", []))
+    # Checkpoints older than a flag hold its default.
+    saved = dict({"train_classes": None, "optimizer": "sgd"}, **ckpt["args"],
+                 holdout=ckpt.get("holdout_classes", []))
     if args.evaluate:  # evaluating needs no flags repeated, only none contradicted
-        for key in [*RESUME_FLAGS, "weight_cent"]:
+        for key in [*RESUME_FLAGS, "weight_cent", "seed"]:  # seed: which --train-classes
             if (key if key != "holdout" else "holdout_classes") not in given and key in saved:
                 setattr(args, key, saved[key])
         args.holdout_classes = ",".join(map(str, args.holdout))
@@ -332,8 +365,12 @@ def build(args, dataset, use_gpu, device, world):
     criterion_cent = CenterLoss(num_classes=dataset.num_classes, feat_dim=args.feat_dim,
                                 use_gpu=use_gpu, update=args.center_update,
                                 distributed=world > 1).to(device)
-    optimizer_model = torch.optim.SGD(model.parameters(), lr=args.lr_model, weight_decay=5e-04,
-                                      momentum=0.9)
+    if args.optimizer == "adam":  # trains 964 Omniglot classes where SGD stays at chance
+        optimizer_model = torch.optim.Adam(model.parameters(), lr=args.lr_model,
+                                           weight_decay=5e-04)
+    else:
+        optimizer_model = torch.optim.SGD(model.parameters(), lr=args.lr_model,
+                                          weight_decay=5e-04, momentum=0.9)
     optimizer_cent = torch.optim.SGD(criterion_cent.parameters(), lr=args.lr_cent)
     # step_size 0 (no decay) is a StepLR that never fires, so checkpoints look the same.
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer_model, step_size=args.stepsize or 10**9,
@@ -374,9 +411,20 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
         dataset = datasets.create(name=args.dataset, batch_size=args.batch_size, use_gpu=use_gpu,
                                   num_workers=args.workers, root=args.data_root, seed=args.seed,
                                   rank=rank, world_size=world, device=device,
-                                  holdout=args.holdout)
+                                  holdout=args.holdout, train_classes=args.train_classes)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    if ckpt is not None and ckpt.get("classes", dataset.classes) != dataset.classes:
+        sys.exit(f"error: --resume {args.resume} was trained on other classes than --seed "
+                 f"{args.seed} draws: pass the checkpoint's --seed {ckpt['args'].get('seed')}")
+    if dataset.one_shot is not None:
+        print("Training on {} images of {} classes; testing on {} images: {} of the seen "
+              "classes, {} of the {}; one-shot: {} runs of {}-way".format(
+                  len(dataset.trainloader.labels), dataset.num_classes,
+                  len(dataset.testloader.labels), int((dataset.testloader.labels <
+                                                       dataset.num_classes).sum()),
+                  int((dataset.testloader.labels >= dataset.num_classes).sum()),
+                  dataset.unseen_name, *dataset.one_shot["support"].shape[:2]))
     if args.holdout:
         seen, unseen = dataset.classes[:dataset.num_classes], dataset.classes[dataset.num_classes:]
         print("Held-out classes {} ({}): not trained on, evaluated as unseen classes; "
@@ -390,7 +438,7 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
 
     checkpoint_path = os.path.join(args.save_dir, "checkpoint.pth.tar")
     metrics_path = os.path.join(args.save_dir, "metrics.csv")
-    fields = utils.METRICS_FIELDS + (utils.UNSEEN_FIELDS if args.holdout else [])
+    fields = utils.metrics_fields(dataset.open_set, dataset.one_shot is not None)
     start_epoch, elapsed_before = 0, 0.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -403,7 +451,7 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
         start_epoch, elapsed_before = ckpt["epoch"], ckpt["elapsed_s"]
     if args.evaluate:
         print("Evaluating {} (epoch {}); nothing is trained".format(args.resume, start_epoch))
-        evaluation = test(model, dataset.testloader, args, dataset.num_classes)
+        evaluation = test(model, dataset, args)
         if rank == 0:
             report(args, dataset, start_epoch - 1, evaluation, criterion_cent)
         return
@@ -428,7 +476,7 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
         last = epoch + 1 == args.max_epoch
         if (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0) or last:
             print("==> Test")
-            evaluation = test(model, dataset.testloader, args, dataset.num_classes)
+            evaluation = test(model, dataset, args)
         else:
             evaluation = None
         if rank == 0:
@@ -468,13 +516,15 @@ def record(args, dataset, epoch, losses, evaluation, criterion_cent, lr, epoch_t
 
 # LFW's protocol: 6,000 pairs in 10 folds, the same pairs at every evaluation (seed 0).
 NUM_PAIRS, PAIRS_SEED = 6000, 0
+# The 1:1 protocol of IJB-style benchmarks: TAR at these FARs over every pair of a split.
+ALL_PAIRS_FARS = utils.ALL_PAIRS_FARS
 
 
 def report(args, dataset, epoch, evaluation, criterion_cent):
     """Print one evaluation (accuracy, feature statistics, retrieval and verification of
     the seen and the held-out classes), save the test features and roc.png, and plot the
     test features with --plot. Returns the metrics.csv columns it measured."""
-    acc, err, features, labels = evaluation
+    acc, err, features, labels, one_shot = evaluation
     k = dataset.num_classes
     seen = labels < k
     print("Accuracy (%): {}\t Error rate (%): {}".format(acc, err))
@@ -484,19 +534,21 @@ def report(args, dataset, epoch, evaluation, criterion_cent):
     row = dict(accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
                ratio=f"{ratio:.6g}")
     curves = {}
-    splits = [("", "seen classes" if args.holdout else "test set", seen)]
-    if args.holdout:
-        splits.append(("unseen_", "unseen classes " + ",".join(map(str, args.holdout)), ~seen))
+    splits = [("", "seen classes" if dataset.open_set else "test set", seen)]
+    if dataset.open_set:
+        splits.append(("unseen_", dataset.unseen_name, ~seen))
     for prefix, name, mask in splits:
         figures, roc = measure(features[mask], labels[mask], name)
         row.update({prefix + key: value for key, value in figures.items()})
         curves[name] = roc
+    if one_shot is not None:
+        row.update(measure_one_shot(*one_shot, dataset.one_shot["answers"]))
     title = "{}, epoch {}: ROC of {} test pairs, cosine".format(args.dataset, epoch + 1, NUM_PAIRS)
     utils.plot_roc(curves, os.path.join(args.save_dir, "roc.png"), title)
     centers = criterion_cent.centers.detach().float().cpu()
     torch.save({"features": features, "labels": labels, "classes": dataset.classes,
                 "num_seen": k, "holdout_classes": args.holdout, "centers": centers,
-                "epoch": epoch + 1, "accuracy": acc},
+                "epoch": epoch + 1, "accuracy": acc, "files": dataset.files},
                os.path.join(args.save_dir, "test_features.pt"))
     if args.plot:
         plot_epoch(args, dataset, epoch, "test", features, labels, acc, criterion_cent)
@@ -516,13 +568,31 @@ def measure(features, labels, name):
           "AUC: {:.4f}\t TAR@FAR=1e-3 (%): {:.2f}".format(
               name, len(pairs), 100 * v["accuracy"], 100 * v["accuracy_std"], v["auc"],
               100 * v["tar_at_far"]))
+    a = evaluation.all_pairs_tar_at_far(features, labels, fars=ALL_PAIRS_FARS)
+    print("Verification, {}, all pairs (cosine, {} same-class, {} different-class): {}".format(
+        name, a["num_same"], a["num_different"], "\t ".join(
+            "TAR@FAR={} (%): {:.2f}".format(f"{far:.0e}".replace("e-0", "e-"), 100 * tar) for far, tar in a["tar"].items())))
     figures = dict(precision_at_1=f"{100 * r['precision_at_1']:.2f}",
                    r_precision=f"{100 * r['r_precision']:.2f}",
                    map_at_r=f"{100 * r['map_at_r']:.2f}",
                    ver_accuracy=f"{100 * v['accuracy']:.2f}",
                    ver_accuracy_std=f"{100 * v['accuracy_std']:.2f}",
                    auc=f"{v['auc']:.5f}", tar_at_far=f"{100 * v['tar_at_far']:.2f}")
+    figures.update({utils.all_pairs_field(far): f"{100 * tar:.3f}" for far, tar in a["tar"].items()})
     return figures, (v["fpr"], v["tpr"])
+
+
+def measure_one_shot(support, queries, answers):
+    """Lake et al.'s one-shot error of these features, printed; the metrics.csv values."""
+    row, text = {}, []
+    for metric, suffix, name in (("cosine", "", "cosine"), ("euclidean", "_l2", "L2")):
+        e = evaluation.one_shot_error(support, queries, answers, metric=metric)
+        row["oneshot_error" + suffix] = f"{100 * e['error']:.2f}"
+        row["oneshot_error_std" + suffix] = f"{100 * e['error_std']:.2f}"
+        text.append("{} {:.2f} +- {:.2f}".format(name, 100 * e["error"], 100 * e["error_std"]))
+    print("One-shot, Lake et al. ({} runs of {}-way, 1-shot): Error rate (%): {}".format(
+        *support.shape[:2], "\t ".join(text)))
+    return row
 
 
 def plot_epoch(args, dataset, epoch, split, features, labels, acc, criterion_cent):

@@ -11,7 +11,8 @@ import torch.distributed as dist
 __all__ = ["init_distributed", "close_distributed", "backend", "wrap_ddp", "gather",
            "all_average", "ranks_identical", "Logger", "AverageMeter", "feature_stats", "project_2d", "plot_features",
            "make_gif", "plot_curves", "save_checkpoint", "load_checkpoint",
-           "plot_roc", "CHECKPOINT_KEYS", "METRICS_FIELDS", "UNSEEN_FIELDS", "append_metrics",
+           "plot_roc", "CHECKPOINT_KEYS", "METRICS_FIELDS", "UNSEEN_FIELDS", "ONE_SHOT_FIELDS",
+           "all_pairs_field", "metrics_fields", "append_metrics",
            "read_metrics", "truncate_metrics"]
 
 
@@ -199,6 +200,25 @@ METRICS_FIELDS = ["epoch", "loss", "xent_loss", "center_loss", "accuracy", "erro
                   "ver_accuracy", "ver_accuracy_std", "auc", "tar_at_far"]
 # The same figures on the held-out classes' test images (--holdout-classes).
 UNSEEN_FIELDS = ["unseen_" + k for k in METRICS_FIELDS[-7:]]
+ALL_PAIRS_FARS = (1e-3, 1e-4, 1e-5)
+# Lake et al.'s one-shot error (%, mean and std over runs) by cosine and by L2 distance.
+ONE_SHOT_FIELDS = ["oneshot_error", "oneshot_error_std", "oneshot_error_l2",
+                   "oneshot_error_std_l2"]
+
+
+def all_pairs_field(far):
+    """metrics.csv column of the all-pairs TAR at `far`: tar_all_1e-04 for 1e-4."""
+    return f"tar_all_{far:.0e}"
+
+
+def metrics_fields(open_set, one_shot):
+    """metrics.csv's columns: METRICS_FIELDS, the all-pairs TARs, and for an open set
+    the unseen classes' figures, then the one-shot error when there are one-shot runs."""
+    tars = [all_pairs_field(far) for far in ALL_PAIRS_FARS]
+    fields = METRICS_FIELDS + tars
+    if open_set:
+        fields += UNSEEN_FIELDS + ["unseen_" + t for t in tars]
+    return fields + (ONE_SHOT_FIELDS if one_shot else [])
 
 
 def append_metrics(path, row, fields=METRICS_FIELDS):
@@ -255,7 +275,7 @@ def plot_curves(metrics_path, path):
     axes[2].set(title="intra / inter-class distance (test)", xlabel="epoch")
     panels = [(axes[3], "retrieval, cosine (%)", ["precision_at_1", "map_at_r"]),
               (axes[4], "verification accuracy, cosine (%)", ["ver_accuracy"]),
-              (axes[5], "TAR @ FAR=1e-3, cosine (%)", ["tar_at_far"])]
+              (axes[5], "TAR @ FAR, cosine (%)", ["tar_at_far", all_pairs_field(1e-4)])]
     for ax, title, keys in panels:
         for prefix, style in (("", "o-"), ("unseen_", "s--")):
             for key in keys:

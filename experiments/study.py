@@ -30,7 +30,9 @@ the dim group):
            seeds 1 and 2 (its epoch-to-epoch wobble is larger than MNIST's).
 """
 import argparse
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -71,9 +73,41 @@ BEST_2D = dict(lam=1, alpha=0.5)
 BEST_OPEN = dict(lam=0.003, alpha=0.5)
 FASHION = "fashion-mnist"
 
+# Omniglot: 964 background characters to train on, 659 evaluation characters never seen
+# (the paper's setting: many identities, tested on people never seen). LeNet++ at 128-D
+# stays at chance (loss ln 964 = 6.87) for epochs with SGD at lr 0.01-0.05 and turns NaN
+# at 0.1, while Adam trains (log/README.md, "Omniglot: a schedule that trains"): the model
+# takes Adam at OMNIGLOT_LR, the centers their own SGD as everywhere else.
+OMNIGLOT = "omniglot"
+OMNIGLOT_CHARACTERS = 964
+OMNIGLOT_DIM = 128
+OMNIGLOT_LR = 0.001
+OMNIGLOT_MAX_EPOCH, OMNIGLOT_STEPSIZE = 15, 10  # a tenfold decay after epoch 10
+OMNIGLOT_LAMBDAS = [0, 0.001, 0.003, 0.01, 0.03, 0.1]
+OMNIGLOT_ALPHAS = [0.01, 0.1, 0.5, 1]
+# The λ of the α sweep and of the class-count study: the λ sweep's best on unseen
+# verification, set once that sweep has finished (None: not chosen yet, those runs wait).
+OMNIGLOT_BEST_LAM = None
+CLASS_COUNTS = [10, 30, 100, 300, 964]
+
+
+def omniglot_scale(k):
+    """Epochs of K classes per epoch of all 964: each class has 16 training images, so a
+    K-class epoch is ceil(16 K / 128) steps; runs of every K take about the same number
+    of optimizer steps (and evaluations), so a small K is not also a short training."""
+    steps = lambda c: math.ceil(16 * c / 128)  # noqa: E731
+    return max(1, round(steps(OMNIGLOT_CHARACTERS) / steps(k)))
+
+
+def omniglot_run(lam, alpha=0.5, k=OMNIGLOT_CHARACTERS, seed=1):
+    return dict(dataset=OMNIGLOT, lam=lam, alpha=alpha, k=k, seed=seed)
+
 
 def max_epoch(name):
     """The number of epochs of a run, from its name or dataset (names start with it)."""
+    if name.startswith(OMNIGLOT):
+        k = re.search(r"-k(\d+)", name)
+        return OMNIGLOT_MAX_EPOCH * omniglot_scale(int(k.group(1)) if k else OMNIGLOT_CHARACTERS)
     return FASHION_MAX_EPOCH if name.startswith(FASHION) else MAX_EPOCH
 
 
@@ -90,14 +124,27 @@ def fashion_runs(seed=1):
             fig5_run(dataset=FASHION, seed=seed, **BEST_OPEN)]
 
 
-def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR):
+def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
+             k=None):
+    if dataset == OMNIGLOT:
+        name = f"{OMNIGLOT}-d{OMNIGLOT_DIM}" + (f"-k{k}" if k != OMNIGLOT_CHARACTERS else "")
+        name += f"-lam{lam:g}" + (f"-alpha{alpha:g}" if lam else "")
+        return name + (f"-seed{seed}" if seed != 1 else "")
     name = f"{dataset}{'-open' if open_set else ''}-d{dim}-lam{lam:g}"
     name += f"-alpha{alpha:g}" if lam else ""  # alpha moves centers nothing then trains on
     name += f"-lr{lr:g}" if lr != LR else ""
     return name + (f"-seed{seed}" if seed != 1 else "")
 
 
-def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR):
+def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
+              k=None):
+    if dataset == OMNIGLOT:
+        scale = omniglot_scale(k)
+        return ["-d", OMNIGLOT, "--feat-dim", str(OMNIGLOT_DIM), "--center-update", "paper",
+                "--lr-cent", f"{alpha:g}", "--weight-cent", f"{lam:g}", "--seed", str(seed),
+                "--optimizer", "adam", "--lr-model", f"{OMNIGLOT_LR:g}", "--batch-size", "128",
+                "--gamma", "0.1", "--stepsize", str(OMNIGLOT_STEPSIZE * scale),
+                "--eval-freq", str(scale), "--max-epoch", str(OMNIGLOT_MAX_EPOCH * scale)]
     flags = ["-d", dataset, "--feat-dim", str(dim), "--center-update", "paper",
              "--lr-cent", f"{alpha:g}", "--weight-cent", f"{lam:g}", "--seed", str(seed),
              "--lr-model", f"{lr:g}"]
@@ -116,7 +163,26 @@ def groups():
         "seed2": [dict(lam=0, seed=2), dict(BEST_2D, seed=2),
                   fig5_run(lam=0, seed=2), fig5_run(seed=2, **BEST_OPEN)],
         "fashion": fashion_runs(seed=1) + fashion_runs(seed=2),
+        "omniglot": omniglot_fig5_runs(),
+        "classes": omniglot_class_runs(),
     }
+
+
+def omniglot_fig5_runs():
+    """Figure 5 on Omniglot: λ at α 0.5, then α at OMNIGLOT_BEST_LAM once chosen."""
+    runs = [omniglot_run(lam) for lam in OMNIGLOT_LAMBDAS]
+    if OMNIGLOT_BEST_LAM is not None:
+        runs += [omniglot_run(OMNIGLOT_BEST_LAM, a) for a in OMNIGLOT_ALPHAS if a != 0.5]
+    return runs
+
+
+def omniglot_class_runs():
+    """K training characters x {softmax only, OMNIGLOT_BEST_LAM} x seeds 1 and 2 (the
+    seed also draws the K characters); empty until OMNIGLOT_BEST_LAM is chosen."""
+    if OMNIGLOT_BEST_LAM is None:
+        return []
+    return [omniglot_run(lam, k=k, seed=seed) for seed in (1, 2) for k in CLASS_COUNTS
+            for lam in (0, OMNIGLOT_BEST_LAM)]
 
 
 # ----------------------------------------------------------------------------- runs

@@ -455,6 +455,73 @@ def test_verification_sample_order_does_not_matter():
         assert b[key] == pytest.approx(a[key], abs=1e-12), key
 
 
+# all-pairs verification -------------------------------------------------------------------
+
+def axis_data(n=40, seed=0):
+    """Features along the signed axes, scaled by powers of two: their cosines are exactly
+    -1, 0 or 1 whatever the order of operations, so ties are exact in any kernel."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 5
+    axis = torch.where(torch.rand(n, generator=g) < 0.6, labels % 3, torch.randint(0, 3, (n,), generator=g))
+    sign = torch.where(torch.rand(n, generator=g) < 0.8, 1.0, -1.0).double()
+    scale = 2.0 ** torch.randint(-2, 3, (n,), generator=g)
+    return torch.eye(3, dtype=torch.float64)[axis] * (sign * scale).unsqueeze(1), labels
+
+
+def all_pair_scores(features, labels, metric):
+    pairs = torch.triu_indices(len(labels), len(labels), 1).T
+    return pair_scores(features, labels, pairs, metric)
+
+
+ALL_PAIRS_FARS = (0, 1e-3, 0.01, 0.1, 0.5, 1)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("tied", [False, True], ids=["distinct", "tied"])
+def test_all_pairs_tar_matches_brute_force(metric, tied):
+    if not tied:
+        features, labels = clustered(sizes=(3, 5, 8, 12, 12), spread=0.8, seed=11)
+    elif metric == "euclidean":
+        features, labels = tied_data(metric, n=40)  # integer vectors: exact distances
+    else:
+        features, labels = axis_data()
+    scores, same = all_pair_scores(features, labels, metric)
+    if tied:
+        assert len(set(scores)) < len(scores) / 20  # the case really ties
+    expected = {far: brute_tar(scores, same, far) for far in ALL_PAIRS_FARS}
+    assert any(0 < tar < 1 for tar in expected.values())  # not a trivial case
+    # one block, a block per row, and blocks that do not divide N give the same result
+    for block_size in (len(labels), 1, 7, None):
+        got = evaluation_module.all_pairs_tar_at_far(features, labels, ALL_PAIRS_FARS,
+                                                     metric=metric, block_size=block_size)
+        assert got["num_same"] == sum(same) and got["num_different"] == len(same) - sum(same)
+        for far in ALL_PAIRS_FARS:
+            assert got["tar"][far] == pytest.approx(expected[far], abs=1e-12), (block_size, far)
+
+
+def test_all_pairs_tar_float32_and_order_independent():
+    features, labels = clustered(sizes=(4, 6, 9, 11), seed=5)
+    ref = evaluation_module.all_pairs_tar_at_far(features, labels, (0.01, 0.1))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    shuffled = evaluation_module.all_pairs_tar_at_far(features[order], labels[order], (0.01, 0.1))
+    single = evaluation_module.all_pairs_tar_at_far(features.float(), labels, (0.01, 0.1))
+    assert shuffled["tar"] == pytest.approx(ref["tar"], abs=1e-12)
+    assert single["tar"] == pytest.approx(ref["tar"], abs=1e-6)
+
+
+def test_all_pairs_tar_errors():
+    features = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="same-class and a different-class pair, got 0 and 15"):
+        evaluation_module.all_pairs_tar_at_far(features, torch.arange(6))
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"fars must be numbers in \[0, 1\], got \(0.1, 2\)"):
+        evaluation_module.all_pairs_tar_at_far(features, labels, fars=(0.1, 2))
+    with pytest.raises(ValueError, match="block_size must be a positive int, got 0"):
+        evaluation_module.all_pairs_tar_at_far(features, labels, block_size=0)
+    with pytest.raises(ValueError, match="same N"):
+        evaluation_module.all_pairs_tar_at_far(features[:-1], labels)
+
+
 # errors -----------------------------------------------------------------------------------
 
 def test_errors_name_the_argument():
