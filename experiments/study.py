@@ -144,7 +144,8 @@ def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed
                 "--lr-cent", f"{alpha:g}", "--weight-cent", f"{lam:g}", "--seed", str(seed),
                 "--optimizer", "adam", "--lr-model", f"{OMNIGLOT_LR:g}", "--batch-size", "128",
                 "--gamma", "0.1", "--stepsize", str(OMNIGLOT_STEPSIZE * scale),
-                "--eval-freq", str(scale), "--max-epoch", str(OMNIGLOT_MAX_EPOCH * scale)]
+                "--eval-freq", str(scale), "--max-epoch", str(OMNIGLOT_MAX_EPOCH * scale)
+                ] + (["--train-classes", str(k)] if k != OMNIGLOT_CHARACTERS else [])
     flags = ["-d", dataset, "--feat-dim", str(dim), "--center-update", "paper",
              "--lr-cent", f"{alpha:g}", "--weight-cent", f"{lam:g}", "--seed", str(seed),
              "--lr-model", f"{lr:g}"]

@@ -23,6 +23,8 @@ def all_settings():
 def test_every_run_is_a_valid_main_command_with_its_settings():
     names = {}
     for s in all_settings():
+        if s.get("dataset") == study.OMNIGLOT:
+            continue  # its own schedule: test_omniglot_runs
         args = main.get_parser().parse_args(study.run_flags(**s))
         assert args.weight_cent == s.get("lam", 0.003)
         assert args.feat_dim == s.get("dim", 2) and args.center_update == "paper"
@@ -39,6 +41,31 @@ def test_every_run_is_a_valid_main_command_with_its_settings():
     assert study.run_name(open_set=True, dim=128, lam=0.003, seed=2, lr=0.005) == \
         "mnist-open-d128-lam0.003-alpha0.5-lr0.005-seed2"
     assert main.get_parser().parse_args(study.run_flags(lr=0.005)).lr_model == 0.005
+
+
+def test_omniglot_runs(monkeypatch):
+    monkeypatch.setattr(study, "OMNIGLOT_BEST_LAM", 0.01)  # as once the λ sweep has chosen
+    runs = study.groups()["omniglot"] + study.groups()["classes"]
+    assert len(runs) == len(study.OMNIGLOT_LAMBDAS) + 3 + 2 * 2 * len(study.CLASS_COUNTS)
+    names = {}
+    for s in runs:
+        name = study.run_name(**s)
+        args = main.get_parser().parse_args(study.run_flags(**s))
+        k = s["k"]
+        assert args.dataset == "omniglot" and args.feat_dim == 128 and args.optimizer == "adam"
+        assert args.train_classes == (None if k == 964 else k) and args.seed == s["seed"]
+        assert args.weight_cent == s["lam"] and args.center_update == "paper"
+        # every K gets about the steps (and the evaluations) of 15 epochs of all 964 classes
+        steps = args.max_epoch * -(-16 * k // args.batch_size)
+        assert abs(steps - 15 * 121) <= 0.1 * 15 * 121, (k, steps)
+        assert args.max_epoch // args.eval_freq == 15 and args.max_epoch == study.max_epoch(name)
+        assert args.stepsize == 10 * args.eval_freq
+        names.setdefault(name, set()).add(tuple(study.run_flags(**s)))
+    assert all(len(flags) == 1 for flags in names.values())
+    assert study.run_name(**study.omniglot_run(0.01, k=30, seed=2)) == \
+        "omniglot-d128-k30-lam0.01-alpha0.5-seed2"
+    monkeypatch.setattr(study, "OMNIGLOT_BEST_LAM", None)  # not chosen: those runs wait
+    assert study.groups()["classes"] == [] and len(study.groups()["omniglot"]) == 6
 
 
 def write_run(runs_dir, name, accuracies, extra=None, finished=True):
