@@ -371,6 +371,119 @@ def seed_and_fashion_tables(args):
     return out
 
 
+OMNIGLOT_HEADER = ["seen accuracy %", "seen verification %", "unseen verification %",
+                   "unseen MAP@R %", "unseen TAR@FAR=1e-4 % (all pairs)",
+                   "one-shot error % (cosine)", "one-shot error % (L2)", "spread of last 3 acc."]
+# (metrics.csv column, axis label, lower is better) of the Omniglot figures
+OMNIGLOT_PANELS = [("unseen_ver_accuracy", "unseen verification accuracy %", False),
+                   ("unseen_map_at_r", "unseen MAP@R %", False),
+                   ("unseen_tar_all_1e-04", "unseen TAR@FAR=1e-4 % (all pairs)", False),
+                   ("oneshot_error", "one-shot error % (cosine)", True)]
+
+
+def omniglot_lines(settings, args, label):
+    lines = []
+    for s in settings:
+        row = last(run_name(**s), args)
+        lines.append([label(s)] + [cell(row, key) for key in (
+            "accuracy", "ver_accuracy", "unseen_ver_accuracy", "unseen_map_at_r",
+            "unseen_tar_all_1e-04", "oneshot_error", "oneshot_error_l2")] + [converged(row)])
+    return lines
+
+
+def omniglot_tables(args):
+    where = (f"Omniglot, {OMNIGLOT_DIM}-D, Adam lr {OMNIGLOT_LR:g}, 964 training characters, "
+             f"659 unseen")
+    out = table(f"Omniglot Figure 5a: λ at alpha 0.5 ({where})", ["λ"] + OMNIGLOT_HEADER,
+                omniglot_lines([omniglot_run(v) for v in OMNIGLOT_LAMBDAS], args,
+                               lambda s: f"{s['lam']:g}"))
+    if OMNIGLOT_BEST_LAM is None:
+        return out + ["Figure 5b and the class-count study wait for the λ sweep's choice "
+                      "(OMNIGLOT_BEST_LAM).", ""]
+    out += table(f"Omniglot Figure 5b: alpha at λ {OMNIGLOT_BEST_LAM:g} ({where})",
+                 ["α"] + OMNIGLOT_HEADER,
+                 omniglot_lines([omniglot_run(OMNIGLOT_BEST_LAM, a) for a in OMNIGLOT_ALPHAS],
+                                args, lambda s: f"{s['alpha']:g}"))
+    out += table("How many training classes? K background characters (drawn by the seed), "
+                 "the same 659 unseen", ["K, run"] + OMNIGLOT_HEADER,
+                 omniglot_lines(omniglot_class_runs(), args,
+                                lambda s: f"{s['k']}, {describe(s)}"))
+    return out
+
+
+def omniglot_picture(args):
+    """Figure 5 on Omniglot: the unseen figures against λ (α 0.5) and α (best λ)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sweeps = [("λ (α = 0.5)", OMNIGLOT_LAMBDAS, lambda v: omniglot_run(v))]
+    if OMNIGLOT_BEST_LAM is not None:
+        sweeps.append((f"α (λ = {OMNIGLOT_BEST_LAM:g})", OMNIGLOT_ALPHAS,
+                       lambda v: omniglot_run(OMNIGLOT_BEST_LAM, v)))
+    fig, axes = plt.subplots(len(sweeps), len(OMNIGLOT_PANELS), squeeze=False,
+                             figsize=(4 * len(OMNIGLOT_PANELS), 3.6 * len(sweeps)), dpi=80)
+    softmax = last(run_name(**omniglot_run(0)), args)
+    for row_i, (xlabel, values, settings) in enumerate(sweeps):
+        for ax, (key, ylabel, _) in zip(axes[row_i], OMNIGLOT_PANELS):
+            points = [(i, last(run_name(**settings(v)), args)) for i, v in enumerate(values)]
+            points = [(i, float(r[key])) for i, r in points if r is not None and r.get(key)]
+            if points:
+                ax.plot(*zip(*points), "s-", color="C1")
+            if softmax is not None and softmax.get(key):
+                ax.axhline(float(softmax[key]), color="C1", linestyle=":",
+                           label="softmax only (λ = 0)")
+                ax.legend(fontsize=8)
+            ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
+            ax.set(xlabel=xlabel, ylabel=ylabel)
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"Omniglot, {OMNIGLOT_DIM}-D, 964 training characters: the 659 evaluation "
+                 "characters never trained on (cosine)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.runs_dir, "omniglot_fig5.png"))
+    plt.close(fig)
+
+
+def classes_picture(args):
+    """The unseen figures against the number of training characters K (log axis),
+    softmax only and OMNIGLOT_BEST_LAM, each seed a marker and their mean a line; the
+    MNIST open-set runs (6 training classes, another dataset) beside them."""
+    if OMNIGLOT_BEST_LAM is None:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(OMNIGLOT_PANELS), figsize=(4.2 * len(OMNIGLOT_PANELS), 3.8),
+                             dpi=80)
+    mnist = {0: last(run_name(**fig5_run(lam=0)), args),
+             OMNIGLOT_BEST_LAM: last(run_name(**fig5_run(lam=OMNIGLOT_BEST_LAM)), args)}
+    for ax, (key, ylabel, _) in zip(axes, OMNIGLOT_PANELS):
+        for lam, color in ((0, "C0"), (OMNIGLOT_BEST_LAM, "C1")):
+            label = "softmax only" if lam == 0 else f"λ {lam:g}"
+            means = []
+            for k in CLASS_COUNTS:
+                rows = [last(run_name(**omniglot_run(lam, k=k, seed=s)), args) for s in (1, 2)]
+                values = [float(r[key]) for r in rows if r is not None and r.get(key)]
+                ax.plot([k] * len(values), values, "o", color=color, alpha=0.5, ms=4)
+                if values:
+                    means.append((k, sum(values) / len(values)))
+            if means:
+                ax.plot(*zip(*means), "-", color=color, label=label)
+            other = mnist.get(lam)
+            if key != "oneshot_error" and other is not None and other.get(key):
+                ax.plot([6], [float(other[key])], "*", color=color, ms=11,
+                        label=f"MNIST, 6 classes ({label})")
+        ax.set(xscale="log", xlabel="training classes K", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle("Unseen classes against the number of training classes: Omniglot's 659 "
+                 "evaluation characters (stars: MNIST's 4 held-out digits, another dataset)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.runs_dir, "classes.png"))
+    plt.close(fig)
+
+
 def features_panel(ax, path, name, colors, centers):
     """Scatter a 2-D run's test_features.pt on ax, its centers marked if `centers` (softmax
     only leaves them untrained); title name + accuracy."""
@@ -493,13 +606,17 @@ def report(args):
              f"is max - min of the last three test accuracies (converged if <= "
              f"{CONVERGED_POINTS}). — marks a run not run or not finished yet.", ""]
     lines += fig3_tables(args) + open_set_tables(args) + seed_and_fashion_tables(args)
+    lines += omniglot_tables(args)
     with open(os.path.join(args.runs_dir, "tables.md"), "w") as f:
         f.write("\n".join(lines))
     fig3_picture(args)
     fig5_picture(args)
     fashion_picture(args)
+    omniglot_picture(args)
+    classes_picture(args)
     print("\n".join(lines))
-    print(f"Wrote tables.md, fig3_lambda.png, fig5_sensitivity.png and fashion.png in "
+    print(f"Wrote tables.md, fig3_lambda.png, fig5_sensitivity.png, fashion.png, "
+          f"omniglot_fig5.png{' and classes.png' if OMNIGLOT_BEST_LAM is not None else ''} in "
           f"{args.runs_dir}")
 
 

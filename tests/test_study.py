@@ -216,3 +216,28 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
         study.run_name(**fashion[7]) == "fashion-mnist-open-d128-lam0.003-alpha0.5-lr0.005-seed2"
     for picture in ("fig3_lambda.png", "fig5_sensitivity.png", "fashion.png"):
         assert os.path.getsize(os.path.join(tmp_path, picture)) > 10_000
+
+
+def test_omniglot_tables_and_figures(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "OMNIGLOT_BEST_LAM", 0.01)
+    figures = {"ver_accuracy": "97.00", "unseen_ver_accuracy": "88.50", "unseen_map_at_r": "41.25",
+               "unseen_tar_all_1e-04": "20.10", "oneshot_error": "21.75",
+               "oneshot_error_l2": "25.00"}
+    for s, acc in ((study.omniglot_run(0), 70.0), (study.omniglot_run(0.01), 72.5),
+                   (study.omniglot_run(0.01, k=10, seed=2), 99.0)):
+        name = study.run_name(**s)
+        write_run(tmp_path, name, [acc] * study.max_epoch(name), figures)
+    unfinished = study.run_name(**study.omniglot_run(0, k=10))
+    write_run(tmp_path, unfinished, [99.0] * 14, figures)  # 14 of 900 epochs
+    args = study.argparse.Namespace(runs_dir=str(tmp_path))
+    study.report(args)
+    with open(os.path.join(tmp_path, "tables.md")) as f:
+        tables = f.read()
+    row = "| 70.00 | 97.00 | 88.50 | 41.25 | 20.10 | 21.75 | 25.00 | 0.00 |"
+    assert "| 0 " + row in tables
+    assert "| 0.01 " + row.replace("70.00", "72.50") in tables  # λ sweep
+    assert "| 0.5 " + row.replace("70.00", "72.50") in tables  # α sweep: the same run
+    assert "| 10, λ 0.01, α 0.5, seed 2 " + row.replace("70.00", "99.00") in tables
+    assert "| 10, softmax only | — |" in tables  # unfinished runs are never quoted
+    for picture in ("omniglot_fig5.png", "classes.png"):
+        assert os.path.getsize(os.path.join(tmp_path, picture)) > 10_000
