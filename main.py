@@ -105,7 +105,8 @@ def get_parser():
                    help="bf16 autocast and channels_last (CPU and CUDA; on the CPU "
                         "channels_last is the default anyway)")
     p.add_argument("--save-dir", type=str, default="log",
-                   help="where the log, metrics, plots and checkpoint go")
+                   help="where the log, metrics, plots and checkpoint go; with --evaluate, "
+                        "the checkpoint's folder unless given")
     p.add_argument("--resume", type=str, default="", metavar="PATH",
                    help="continue from a checkpoint, e.g. log/checkpoint.pth.tar")
     p.add_argument("--plot", action="store_true", help="plot features every epoch, and GIFs")
@@ -249,7 +250,11 @@ def main(argv=None):
     # channels_last on the CPU: 1.03-1.09x faster fp32 steps here (benchmarks/bench_train.py);
     # on GPUs only with --amp, where it is the tensor cores' layout.
     args.channels_last = args.amp or not use_gpu
-    ckpt = load_resume(args, given_flags(argv))  # before anything is written
+    given = given_flags(argv)
+    ckpt = load_resume(args, given)  # before anything is written
+    if args.evaluate and "save_dir" not in given:
+        # Beside the checkpoint evaluated, not into the default log/ of the committed runs.
+        args.save_dir = os.path.dirname(args.resume) or "."
     if args.amp and use_gpu and not torch.cuda.is_bf16_supported():
         sys.exit("error: --amp uses bfloat16 autocast, which this GPU does not support")
     # Under torchrun: one process per device, gloo on CPU, nccl on CUDA.
@@ -382,8 +387,21 @@ def state(epoch, model, criterion_cent, optimizer_model, optimizer_cent, schedul
             "classes": dataset.classes}
 
 
+# Set by main() for its own use (not flags), and the flags --evaluate ignores.
+INTERNAL = ("holdout", "channels_last")
+TRAINING_ONLY = ("lr_model", "lr_cent", "max_epoch", "stepsize", "gamma", "eval_freq",
+                 "print_freq")
+
+
+def shown_args(args):
+    """The popular Args:Namespace(...) of the user's settings: no internal fields, and
+    under --evaluate only the flags that apply to it."""
+    hidden = INTERNAL + (TRAINING_ONLY if args.evaluate else ())
+    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in hidden})
+
+
 def run(args, ckpt, use_gpu, device, rank, world, progress):
-    print("==========\nArgs:{}\n==========".format(args))
+    print("==========\nArgs:{}\n==========".format(shown_args(args)))
     if use_gpu:
         print("Currently using GPU: {}".format(args.gpu))
         torch.backends.cudnn.benchmark = True

@@ -1,8 +1,11 @@
-"""What a new user meets first (issue 18): -h with every default and every dataset."""
+"""What a new user meets first (issue 18): -h with every default and every dataset, the
+Args: line of their own settings, and --evaluate writing beside its checkpoint."""
+import os
+import shutil
 
 import datasets
 import main
-from test_main import cli
+from test_main import cli, read, run_main
 
 
 def shown_default(action):
@@ -29,3 +32,30 @@ def test_help_shows_every_default_and_names_every_dataset():
     assert "--max-epoch MAX_EPOCH epochs to train (default: 100)" in text
     assert "--lr-model LR_MODEL learning rate for model (default: 0.001)" in text
     assert "--plot plot features every epoch, and GIFs (default: off)" in text
+
+
+def test_args_line_shows_the_users_settings_and_evaluate_only_what_applies(
+        tmp_path, tiny_data, monkeypatch):
+    save_dir = run_main(tmp_path, tiny_data, "--max-epoch", "1", "--holdout-classes", "8,9")
+    args_line = read(os.path.join(save_dir, "log_mnist.txt")).splitlines()[1]
+    assert args_line.startswith("Args:Namespace(dataset='mnist', workers=4, batch_size=64, ")
+    assert "max_epoch=1" in args_line and "holdout_classes='8,9'" in args_line
+    assert "holdout=" not in args_line and "channels_last" not in args_line  # internal
+
+    # --evaluate without --save-dir: everything beside the checkpoint, nothing in ./log.
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(os.path.join(save_dir, "checkpoint.pth.tar"), elsewhere)
+    main.main(["--data-root", tiny_data, "--use-cpu", "--evaluate", "--plot",
+               "--resume", os.path.join("elsewhere", "checkpoint.pth.tar")])
+    assert not os.path.exists(tmp_path / "log")
+    written = set(os.listdir(elsewhere))
+    assert written == {"checkpoint.pth.tar", "log_mnist.txt", "roc.png", "test_features.pt",
+                       "evaluate_test_epoch_1.png"}, written
+    args_line = read(elsewhere / "log_mnist.txt").splitlines()[1]
+    assert args_line.startswith("Args:Namespace(") and "evaluate=True" in args_line
+    assert "save_dir='elsewhere'" in args_line and "holdout_classes='8,9'" in args_line
+    for flag in main.TRAINING_ONLY + main.INTERNAL:  # max_epoch, eval_freq, lr_model, ...
+        assert f"{flag}=" not in args_line, flag
+    assert "Evaluating elsewhere/checkpoint.pth.tar (epoch 1)" in read(elsewhere / "log_mnist.txt")
