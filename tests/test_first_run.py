@@ -1,10 +1,15 @@
 """What a new user meets first (issue 18): -h with every default and every dataset, the
-Args: line of their own settings, and --evaluate writing beside its checkpoint."""
+Args: line of their own settings, --evaluate writing beside its checkpoint, and a
+user's run at the top of log/ kept out of git beside the committed reference runs."""
 import os
 import shutil
+import subprocess
+
+import pytest
 
 import datasets
 import main
+from conftest import ROOT
 from test_main import cli, read, run_main
 
 
@@ -59,3 +64,27 @@ def test_args_line_shows_the_users_settings_and_evaluate_only_what_applies(
     for flag in main.TRAINING_ONLY + main.INTERNAL:  # max_epoch, eval_freq, lr_model, ...
         assert f"{flag}=" not in args_line, flag
     assert "Evaluating elsewhere/checkpoint.pth.tar (epoch 1)" in read(elsewhere / "log_mnist.txt")
+
+
+def git(*words):
+    return subprocess.run(["git", "-C", ROOT, *words], capture_output=True, text=True)
+
+
+@pytest.mark.skipif(git("rev-parse", "--is-inside-work-tree").returncode != 0,
+                    reason="not a git checkout")
+def test_a_users_run_at_the_top_of_log_is_ignored_the_committed_runs_are_not():
+    users = ["log/log_mnist.txt", "log/log_fashion-mnist.txt", "log/metrics.csv",
+             "log/curves.png", "log/roc.png", "log/test_features.pt", "log/train.gif",
+             "log/test.gif", "log/train/epoch_1.png", "log/test/epoch_3.png",
+             "log/checkpoint.pth.tar", "log/evaluate_test_epoch_2.png"]
+    # The reference runs, each in its own folder, and a user's run in a folder named so.
+    kept = ["log/README.md", "log/center/log_mnist.txt", "log/center/metrics.csv",
+                 "log/center/curves.png", "log/study/mnist-d2-lam0/roc.png",
+                 "log/study/mnist-d2-lam0/test_features.pt", "log/study/fig3_lambda.png",
+                 "log/study/tables.md", "log/mine/log_mnist.txt"]
+    ignored = lambda path: git("check-ignore", "-q", "--no-index", path).returncode == 0
+    assert [p for p in users if not ignored(p)] == []
+    assert [p for p in kept if ignored(p)] == []
+    # No tracked file anywhere matches an ignore rule.
+    tracked_but_ignored = git("ls-files", "--cached", "--ignored", "--exclude-standard")
+    assert tracked_but_ignored.returncode == 0 and tracked_but_ignored.stdout == ""
