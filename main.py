@@ -67,8 +67,8 @@ def get_parser():
         epilog="The defaults run 100 epochs, hours on a CPU, and the first epoch ends near "
                "10% test accuracy: the slow start of --lr-model 0.001 (README.md, 'Set up, run, "
                "test'). "
-               "Clusters within minutes on a CPU: --use-cpu --plot --max-epoch 2 --lr-model "
-               "0.01 --center-update paper --stepsize 5 --gamma 0.1.")
+               "Clusters in two epochs (about 10 minutes on a 2-core CPU): --use-cpu --plot "
+               "--max-epoch 2 --lr-model 0.01 --center-update paper --stepsize 5 --gamma 0.1.")
     # dataset
     p.add_argument("-d", "--dataset", type=str, default="mnist", choices=sorted(datasets.DATASETS),
                    help="dataset to train and test on")
