@@ -61,17 +61,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def get_parser():
     p = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
-        description="Train LeNet++ with softmax + center loss (Wen et al., ECCV 2016) on "
-                    f"{' or '.join(sorted(datasets.DATASETS))} (-d) and watch the features "
-                    "cluster. Defaults are the popular implementation's.",
         epilog="The defaults run 100 epochs, hours on a CPU, and the first epoch ends near "
                "10% test accuracy: the slow start of --lr-model 0.001 (README.md, 'Set up, run, "
                "test'). "
                "Clusters in two epochs (about 10 minutes on a 2-core CPU): --use-cpu --plot "
                "--max-epoch 2 --lr-model 0.01 --center-update paper --stepsize 5 --gamma 0.1.")
     # dataset
-    p.add_argument("-d", "--dataset", type=str, default="mnist", choices=sorted(datasets.DATASETS),
-                   help="dataset to train and test on")
+    dataset = p.add_argument("-d", "--dataset", type=str, default="mnist",
+                             choices=sorted(datasets.DATASETS), help="dataset to train and test on")
+    p.description = ("Train LeNet++ with softmax + center loss (Wen et al., ECCV 2016) on "
+                     f"{', '.join(dataset.choices)} (-d) and watch the features cluster. "
+                     "Defaults are the popular implementation's.")
     p.add_argument("-j", "--workers", default=4, type=nonneg_int,
                    help="kept for compatibility; batches come from memory")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
