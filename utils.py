@@ -151,7 +151,8 @@ def _colors(num_classes):
 def plot_features(features, labels, classes, path, title, num_seen=None, centers=None):
     """Scatter of (N, D) features coloured by class, one fixed colour per class. Classes
     from `num_seen` on are held-out ones, marked "(unseen)" in the legend; `centers`
-    (C, D), if given, are drawn as black-edged dots."""
+    (C, D), if given, are drawn as black-edged dots. Equal scales on both axes. Returns
+    the saved (closed) figure, whose axes can be read back."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -170,11 +171,15 @@ def plot_features(features, labels, classes, path, title, num_seen=None, centers
                    edgecolors="black", linewidths=1.2, zorder=3)
     if len(classes) <= 20:
         ax.legend(loc="upper right", markerscale=6, fontsize=7)
+    # One unit is as long on both axes: otherwise matplotlib stretches a thin cloud to a
+    # square and the cluster geometry center loss is about is lost.
+    ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+    return fig
 
 
 def make_gif(frames_dir, path, duration_ms=400):
@@ -254,10 +259,12 @@ def _column(rows, key):
 
 def plot_curves(metrics_path, path):
     """Test accuracy, losses, the intra/inter-class ratio, retrieval and verification
-    over epochs; held-out classes dashed."""
+    over epochs; held-out classes dashed; whole epochs on the x axes. Returns the saved
+    (closed) figure, or None when the file has no rows."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     rows = read_metrics(metrics_path)
     if not rows:
         return
@@ -285,9 +292,13 @@ def plot_curves(metrics_path, path):
         ax.set(title=title, xlabel="epoch")
         if ax.lines:
             ax.legend(fontsize=7)
+    # Epochs are whole numbers; min_n_ticks=1: also for one epoch, whose axis holds one integer.
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig
 
 
 def plot_roc(curves, path, title):

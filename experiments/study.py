@@ -502,6 +502,7 @@ def features_panel(ax, path, name, colors, centers):
         c = saved["centers"].numpy()
         ax.scatter(c[:, 0], c[:, 1], s=30, c=[colors(j) for j in range(len(c))],
                    edgecolors="black", linewidths=1.2, zorder=3)
+    ax.set_aspect("equal", adjustable="datalim")  # as utils.plot_features: no distortion
     ax.set_title(f"{name}: test accuracy {saved['accuracy']:.2f}%", fontsize=10)
 
 
