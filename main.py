@@ -50,12 +50,12 @@ positive_float = _typed(float, lambda v: v > 0 and math.isfinite(v), "a finite n
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """-h shows every flag's default; "off" for switches, "none" for empty paths/lists;
-    a flag whose default is None says in its own help what that means."""
+    """-h shows every flag's default; "off" for switches, "none" for empty or unset
+    values (paths, lists, --train-classes)."""
 
     def _get_help_string(self, action):
         if action.default is None:
-            return action.help
+            return (action.help or "") + " (default: none)"
         if action.default is False or action.default == "":
             return (action.help or "") + (" (default: off)" if action.default is False
                                           else " (default: none)")
@@ -84,7 +84,7 @@ def get_parser():
                         "omniglot-one-shot/all_runs.zip); downloaded there if missing")
     p.add_argument("--train-classes", type=positive_int, default=None, metavar="K",
                    help="omniglot: train on K of its 964 background characters, drawn with "
-                        "--seed (default: all); the unseen test stays the 659 evaluation ones")
+                        "--seed (none: all 964); the unseen test stays the 659 evaluation ones")
     # optimization
     p.add_argument("--lr-model", type=nonneg_float, default=0.001, help="learning rate for model")
     p.add_argument("--optimizer", type=str, default="sgd", choices=["sgd", "adam"],

@@ -16,7 +16,7 @@ from test_main import cli, read, run_main
 def shown_default(action):
     if action.default is False:
         return "off"
-    return "none" if action.default == "" else str(action.default)
+    return "none" if action.default in ("", None) else str(action.default)
 
 
 def test_help_shows_every_default_and_names_every_dataset():
