@@ -76,6 +76,16 @@ def _prepare(features, metric):
     return F.normalize(features, dim=1) if metric == "cosine" else features
 
 
+def _block_size(block_size, n):
+    """Rows per block: the given positive int, or by default as many as keep a block of
+    rows x n scores under _BLOCK_ELEMENTS."""
+    if block_size is None:
+        return max(1, _BLOCK_ELEMENTS // max(n, 1))
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    return block_size
+
+
 def _similarity(a, b, metric):
     """Higher is more alike: cosine similarity, or minus the squared L2 distance (which
     ranks exactly as minus the distance)."""
@@ -116,10 +126,7 @@ def retrieval_metrics(features, labels, metric="cosine", block_size=None):
     x = _prepare(features, metric)
     labels = labels.to(x.device)
     n = len(labels)
-    if block_size is None:
-        block_size = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    block_size = _block_size(block_size, n)
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     r_all = counts[inverse] - 1  # other samples of each sample's class
     sums = torch.zeros(3, dtype=torch.float64, device=x.device)
@@ -365,10 +372,7 @@ def all_pairs_tar_at_far(features, labels, fars=(1e-3, 1e-4, 1e-5), metric="cosi
     x = _prepare(features, metric)
     labels = labels.to(x.device)
     n = len(labels)
-    if block_size is None:
-        block_size = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    block_size = _block_size(block_size, n)
     counts = torch.unique(labels, return_counts=True)[1]
     num_same = int((counts * (counts - 1) // 2).sum())
     num_diff = n * (n - 1) // 2 - num_same
