@@ -37,6 +37,10 @@ _MIN_DIST, _MAX_DIST = 1e-12, 1e12
 
 _warned_no_cuda = False
 
+# Backward passes that reach the centers without them changing before CenterLoss warns
+# that they have no optimizer: above any sensible gradient accumulation.
+_STALE_STEPS = 100
+
 
 class CenterLoss(nn.Module):
     r"""Center loss with learnable class centers.
@@ -165,6 +169,9 @@ class CenterLoss(nn.Module):
             self._group = dist.new_group()  # collective: every rank creates the module
             self._broadcast_pending = True
             self.centers.register_post_accumulate_grad_hook(self._average_grad)
+        # The forgotten-optimizer check: see _watch_for_a_missing_optimizer.
+        self._seen_version, self._stale_steps, self._got_grad = None, 0, False
+        self._probe, self._warned_stale, self._grad_hook = None, False, None
 
     def extra_repr(self):
         return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
@@ -178,8 +185,12 @@ class CenterLoss(nn.Module):
             labels: (B,) integer class labels in [0, num_classes).
         """
         self._check(features, labels)
+        if not torch.compiler.is_compiling():
+            self._watch_for_a_missing_optimizer()
         labels = labels.long()
-        batch, population, world = features.shape[0], labels, 1
+        # population: the labels that eq. 4's n_j counts; None means this batch's own
+        # (passing `labels` twice to the Function would break torch.compile's graph)
+        batch, population, world = features.shape[0], None, 1
         if self.distributed:
             world = dist.get_world_size(self._group)
             if self._broadcast_pending:
@@ -191,13 +202,52 @@ class CenterLoss(nn.Module):
         # In 'paper' mode each sample's center gradient is weighted back to the scale
         # of the loss: 'mean' divides by B in autograd, so the Function multiplies by B.
         # Under DDP the ranks' gradients are averaged, hence the global batch / world.
-        paper_scale = float(len(population) if self.reduction == "mean" else world)
+        paper_scale = float((batch if population is None else len(population))
+                            if self.reduction == "mean" else world)
         per_sample = _CenterDistance.apply(features, self.centers, labels, population,
                                            self.update, self.sparse, paper_scale)
         if self.reduction == "none":
             return per_sample
         loss = per_sample.sum()
         return loss / max(batch, 1) if self.reduction == "mean" else loss
+
+    def _note_grad(self, centers):
+        self._got_grad = True
+
+    def _watch_for_a_missing_optimizer(self):
+        """Warn once if the centers keep receiving gradients but never change.
+
+        An optimizer's step changes the centers in place, which bumps their version
+        counter (reading it costs nothing). `_stale_steps` counts the backward passes
+        that reached the centers since it last moved. Updates through `.data` do not
+        bump it: the values themselves are compared (two reductions, only while stale)
+        before warning, and such a loop is not watched any further.
+        """
+        centers = self.centers
+        if self._warned_stale or not (self.training and centers.requires_grad
+                                      and torch.is_grad_enabled()):
+            return
+        hooks = centers._post_accumulate_grad_hooks  # none on a deepcopy or new centers
+        if self._grad_hook is None or self._grad_hook.id not in (hooks or {}):
+            self._grad_hook = centers.register_post_accumulate_grad_hook(self._note_grad)
+        if centers._version != self._seen_version:
+            self._seen_version, self._stale_steps, self._probe = centers._version, 0, None
+        elif self._got_grad:
+            self._stale_steps += 1
+        self._got_grad = False
+        if self._stale_steps == _STALE_STEPS // 2:
+            self._probe = centers.detach().sum(dtype=torch.float64)
+        elif self._stale_steps >= _STALE_STEPS and self._probe is not None:
+            self._warned_stale = True  # either way: warned, or updated outside autograd
+            if torch.equal(self._probe, centers.detach().sum(dtype=torch.float64)):
+                warnings.warn(
+                    f"CenterLoss: the centers received gradients in {_STALE_STEPS} training "
+                    f"steps but never changed: no optimizer steps them. Give them one, e.g. "
+                    f"torch.optim.SGD(center_loss.parameters(), lr=0.5), and call its step() "
+                    f"after backward (or put them in a parameter group of the model's "
+                    f"optimizer; see the CenterLoss docstring). To keep them fixed, call "
+                    f"center_loss.centers.requires_grad_(False).", RuntimeWarning,
+                    stacklevel=5)  # the line calling center_loss(...), past nn.Module's
 
     def _average_grad(self, centers):
         """After backward (distributed=True): average the centers' gradient over ranks."""
@@ -229,7 +279,9 @@ class CenterLoss(nn.Module):
             raise ValueError(f"features ({features.device}), labels ({labels.device}) and centers "
                              f"({self.centers.device}) must be on the same device; move them "
                              f"with .to(device)")
-        if labels.numel():
+        # Data-dependent: reading the values would break a torch.compile graph, so
+        # compiled code skips it (what a bad label does then: see the class docstring).
+        if labels.numel() and not torch.compiler.is_compiling():
             lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # the one sync on CUDA
             if lo < 0 or hi >= self.num_classes:
                 bad = lo if lo < 0 else hi
@@ -247,14 +299,16 @@ class _CenterDistance(torch.autograd.Function):
         # Gather before casting, so nothing of size C x D is ever copied.
         diff = features.to(dtype) - centers.index_select(0, labels).to(dtype)
         raw = diff.pow(2).sum(dim=1)
-        ctx.save_for_backward(diff, labels, population, (raw >= _MIN_DIST) & (raw <= _MAX_DIST))
+        in_range = (raw >= _MIN_DIST) & (raw <= _MAX_DIST)
+        ctx.save_for_backward(diff, labels, in_range, *(() if population is None else (population,)))
         ctx.meta = (update, sparse, paper_scale, centers.shape, centers.dtype, features.dtype)
         return raw.clamp(_MIN_DIST, _MAX_DIST)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_dist):
-        diff, labels, population, in_range = ctx.saved_tensors
+        diff, labels, in_range, *population = ctx.saved_tensors
+        population = population[0] if population else labels
         update, sparse, paper_scale, centers_shape, centers_dtype, features_dtype = ctx.meta
         grad = grad_dist.to(diff.dtype)
         # d/dx of clamp(||x - c||^2): zero where the clamp is active, as autograd of clamp.
