@@ -105,3 +105,167 @@ def test_compile_fullgraph_equals_eager(update):
         compiled(x, torch.where(y == 3, 10, y))
     with pytest.raises(ValueError, match="got a label 10"):  # eager: unchanged
         loss_fn(x, torch.where(y == 3, 10, y))
+
+
+# optimizers other than plain SGD ----------------------------------------------------------
+
+def center_steps(make_opt, weight, rescale=True, steps=20, update="grad"):
+    """Steps on the centers alone, over fixed features; returns the final centers."""
+    torch.manual_seed(0)
+    loss_fn = CenterLoss(6, 4, use_gpu=False, update=update).double()
+    opt = make_opt(loss_fn.parameters())
+    for step in range(steps):
+        x, y = blobs(step, 6, in_dim=4)
+        opt.zero_grad()
+        (weight * loss_fn(x, y)).backward()
+        if rescale:
+            for p in loss_fn.parameters():
+                p.grad.data *= 1.0 / weight
+        opt.step()
+    return loss_fn.centers.detach()
+
+
+def test_rescale_is_a_no_op_under_adam():
+    """Adam divides by the gradient's RMS: scaling the gradient by 1/lambda changes
+    nothing (up to eps), where under SGD it is what keeps lambda from slowing the centers."""
+    def gap(make_opt):
+        return (center_steps(make_opt, 0.01) - center_steps(make_opt, 0.01, rescale=False)).norm()
+    for adam in (torch.optim.Adam, torch.optim.AdamW):
+        assert gap(lambda p: adam(p, lr=0.1, weight_decay=0)) < 1e-4 * gap(
+            lambda p: torch.optim.SGD(p, lr=0.5))
+    assert gap(lambda p: torch.optim.SGD(p, lr=0.5)) > 0.5
+
+
+@pytest.mark.parametrize("update", ["grad", "paper"])
+def test_rescale_makes_lambda_irrelevant_under_sgd_with_momentum(update):
+    def sgd(p):
+        return torch.optim.SGD(p, lr=0.1, momentum=0.9)
+    small, large = (center_steps(sgd, w, update=update) for w in (0.01, 1.0))
+    torch.testing.assert_close(small, large, rtol=1e-10, atol=1e-12)
+    assert (center_steps(sgd, 0.01, rescale=False, update=update) - large).norm() > 0.1
+
+
+def shared_sgd_loop(groups, steps, weight=0.1, lr=0.1, scheduler=None, scale=None):
+    """Model + centers in one SGD(momentum=0.9, weight_decay=5e-4); classes 4 and 5
+    never appear in a batch."""
+    torch.manual_seed(0)
+    net, loss_fn = torch.nn.Linear(8, 2).double(), CenterLoss(6, 2, use_gpu=False).double()
+    if groups:
+        params = [{"params": net.parameters()},
+                  {"params": loss_fn.parameters(), "lr": 0.5, "momentum": 0, "weight_decay": 0}]
+    else:
+        params = list(net.parameters()) + list(loss_fn.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = scheduler(opt) if scheduler else None
+    before = loss_fn.centers.detach().clone()
+    for step in range(steps):
+        x, y = blobs(step, 4)
+        opt.zero_grad()
+        (weight * loss_fn(net(x), y)).backward()
+        for p in loss_fn.parameters():
+            p.grad.data *= scale if scale is not None else 1.0 / weight
+        opt.step()
+        if sched:
+            sched.step()
+    return before, net, loss_fn.centers.detach()
+
+
+def test_shared_optimizer_weight_decay_shrinks_absent_centers():
+    """Weight decay lr * wd / (1 - momentum) = 5e-4 per step: x exp(-0.2) in 400 steps
+    (x exp(-0.5) = 0.61 in 1,000)."""
+    before, _, after = shared_sgd_loop(groups=False, steps=400)
+    shrink = after[4:].norm(dim=1) / before[4:].norm(dim=1)
+    torch.testing.assert_close(shrink, torch.full((2,), 0.8187, dtype=torch.float64), atol=0.005,
+                               rtol=0)
+    before, _, after = shared_sgd_loop(groups=True, steps=400)  # own group: untouched
+    assert torch.equal(after[4:], before[4:])
+
+
+def step_lr(opt):
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+
+
+def test_param_group_loop_equals_two_optimizers():
+    """A group of their own (own lr, weight_decay=0, no momentum), and a LambdaLR that
+    leaves the centers' lr alone, reproduce the two-optimizer loop; the popular
+    lr_cent / (alpha * lr) trick does not once the schedule decays lr."""
+    torch.manual_seed(0)
+    net, loss_fn = torch.nn.Linear(8, 2).double(), CenterLoss(6, 2, use_gpu=False).double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt_cent, sched = torch.optim.SGD(loss_fn.parameters(), lr=0.5), step_lr(opt)
+    for step in range(12):
+        x, y = blobs(step, 4)
+        opt.zero_grad()
+        opt_cent.zero_grad()
+        (0.1 * loss_fn(net(x), y)).backward()
+        for p in loss_fn.parameters():
+            p.grad.data *= 1.0 / 0.1
+        opt.step()
+        opt_cent.step()
+        sched.step()
+
+    def per_group(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, [lambda e: 0.5 ** (e // 5), lambda e: 1.0])
+    _, net_groups, centers_groups = shared_sgd_loop(groups=True, steps=12, scheduler=per_group)
+    torch.testing.assert_close(centers_groups, loss_fn.centers.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(net_groups.weight, net.weight, rtol=1e-12, atol=1e-12)
+    _, _, centers_trick = shared_sgd_loop(groups=False, steps=12, scheduler=step_lr,
+                                          scale=0.5 / (0.1 * 0.1))
+    assert (centers_trick - loss_fn.centers.detach()).norm() > 0.1
+
+
+# AMP: GradScaler with a separate center optimizer ---------------------------------------------
+
+def amp_loop(update, device, dtype, amp=True, unscale=True, steps=3, weight=0.1):
+    """The docstring's recipe (or the fp32 loop with amp=False); returns the centers'
+    total update and the final scale."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(8, 4).to(device)
+    loss_fn = CenterLoss(5, 4, use_gpu=False, update=update).to(device)
+    opt, opt_cent = (torch.optim.SGD(net.parameters(), lr=0.01),
+                     torch.optim.SGD(loss_fn.parameters(), lr=0.5))
+    # 2**10, not the default 2**16, which overflows this model's fp16 weight gradient:
+    # the step would be skipped (rightly), and the loops would not compare
+    scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 10, enabled=amp)
+    before = loss_fn.centers.detach().clone()
+    for step in range(steps):
+        x, y = (t.to(device) for t in blobs(step, 5, batch=16, dtype=torch.float32))
+        with torch.autocast(device, dtype=dtype, enabled=amp):
+            features = net(x)
+            loss = weight * loss_fn(features, y)  # + a softmax loss
+        assert features.dtype == (dtype if amp else torch.float32)
+        opt.zero_grad()
+        opt_cent.zero_grad()
+        scaler.scale(loss).backward()
+        if unscale:
+            scaler.unscale_(opt_cent)  # the centers' true gradient from here on
+        for p in loss_fn.parameters():
+            p.grad.data *= 1.0 / weight
+        scaler.step(opt)
+        if unscale:
+            scaler.step(opt_cent)  # skipped, as opt's, if the gradient holds inf/NaN
+        else:
+            opt_cent.step()  # the mistake: the centers step with the scaled gradient
+        scaler.update()
+    return loss_fn.centers.detach() - before, scaler.get_scale() if amp else None
+
+
+def check_amp(update, device, dtype, rtol):
+    reference, _ = amp_loop(update, device, dtype, amp=False)
+    moved, scale = amp_loop(update, device, dtype)
+    assert scale == 2.0 ** 10  # the loss was scaled, and no step skipped
+    torch.testing.assert_close(moved, reference, rtol=0, atol=rtol * reference.abs().max())
+    wrong, _ = amp_loop(update, device, dtype, unscale=False, steps=1)
+    assert wrong.abs().max() > 100 * reference.abs().max()
+
+
+@pytest.mark.parametrize("update", ["grad", "paper"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_amp_grad_scaler_recipe_matches_fp32_on_cpu(update, dtype):
+    check_amp(update, "cpu", dtype, rtol=2e-3 if dtype == torch.float16 else 1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("update", ["grad", "paper"])
+def test_amp_grad_scaler_recipe_matches_fp32_on_cuda(update):
+    check_amp(update, "cuda", torch.float16, rtol=2e-3)
