@@ -94,6 +94,86 @@ class CenterLoss(nn.Module):
     In both modes the gradient with respect to the features is the ordinary one,
     :math:`2 (x_i - c_{y_i})` times the incoming gradient.
 
+    **Optimizers.** The ``1/lambda`` rescaling above assumes a plain ``torch.optim.SGD``
+    for the centers, which is what the popular implementation and the paper use.
+
+    * SGD with momentum ``m``: SGD is linear in the gradient, so the rescaling still
+      keeps :math:`\lambda` from changing how the centers move, but their steady step
+      becomes ``lr / (1 - m)`` and they overshoot; with ``update='paper'`` the step is no
+      longer :math:`c_j - \alpha\,\Delta c_j`. Give the centers no momentum.
+    * Adam / AdamW: Adam divides each coordinate's step by the running RMS of its
+      gradient, so the rescaling does nothing (over 20 steps the centers differ by less
+      than 1e-4 of what the rescaling changes under SGD), and neither does
+      :math:`\lambda`: each coordinate moves up to about ``lr`` per step whatever the
+      gradient's size, and ``update='paper'``'s :math:`1/(1+n_j)` is normalised away too.
+      Instead, give the centers their own plain SGD (as reid-strong-baseline: the model
+      with Adam, the centers with ``SGD(lr=0.5)``); with Adam on them, pick ``lr`` as a
+      step length in feature units and set ``weight_decay=0`` (AdamW's default 0.01
+      pulls every center, also those of classes absent from the batch, towards 0).
+    * One optimizer shared with the model: the centers inherit its momentum, weight
+      decay and schedule. Weight decay ``wd`` shrinks the centers of classes absent from
+      the batch by about ``lr * wd / (1 - m)`` per step (``SGD(lr=0.1, momentum=0.9,
+      weight_decay=5e-4)``: x0.61 in 1,000 steps), and the popular
+      ``lr_cent / (alpha * lr)`` gradient scaling is wrong as soon as a scheduler
+      changes ``lr``. Done right, the centers get a parameter group of their own, and
+      the scheduler leaves it alone; this equals the two-optimizer loop exactly::
+
+          optimizer = torch.optim.SGD([
+              {"params": model.parameters()},
+              {"params": center_loss.parameters(), "lr": lr_cent, "momentum": 0,
+               "weight_decay": 0},
+          ], lr=0.1, momentum=0.9, weight_decay=5e-4)
+          scheduler = torch.optim.lr_scheduler.LambdaLR(
+              optimizer, [lambda epoch: 0.5 ** (epoch // 20), lambda epoch: 1.0])
+          # then: loss.backward(); centers' grad *= 1 / weight_cent; optimizer.step()
+
+      (A model trained with Adam cannot hold an SGD group: use two optimizers.)
+
+    **A forgotten optimizer** is the popular implementation's most reported problem
+    ("the center loss does not decrease"). In training mode, when backward passes
+    reach the centers 100 times in a row without the centers changing (their in-place
+    version counter, which an optimizer's step bumps, then their values), the module
+    warns once (``RuntimeWarning``) that no optimizer steps them. Nothing is checked in
+    eval mode, under ``torch.no_grad()``, with frozen centers
+    (``centers.requires_grad_(False)``) or while compiling; the check reads two
+    integers per call.
+
+    **Mixed precision.** Under ``torch.autocast`` the loss is computed in float32 (see
+    above). With a ``torch.amp.GradScaler`` and a separate center optimizer, unscale the
+    centers' gradient before the :math:`1/\lambda` rescaling and step both optimizers
+    through the scaler::
+
+        scaler = torch.amp.GradScaler("cuda")          # "cpu" works too
+        with torch.autocast("cuda", dtype=torch.float16):
+            features, logits = model(images)
+            loss = criterion(logits, labels) + weight_cent * center_loss(features, labels)
+        optimizer.zero_grad(); optimizer_centloss.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer_centloss)            # the centers' true gradient now
+        for p in center_loss.parameters():
+            p.grad.data *= 1.0 / weight_cent
+        scaler.step(optimizer); scaler.step(optimizer_centloss)
+        scaler.update()
+
+    ``optimizer_centloss.step()`` in place of ``scaler.step(optimizer_centloss)`` would
+    skip the unscaling and move the centers ``scale`` (65536 at first) times too far;
+    ``scaler.step`` also skips the centers' step when their gradient overflowed. The
+    center update then equals the float32 loop's, for both update rules, to about 2e-4
+    of its size with float16 and 1.3e-3 with bfloat16 (bfloat16 needs no scaler, but
+    using one is harmless).
+
+    **torch.compile.** ``torch.compile(center_loss, fullgraph=True)``, or compiling a
+    model that calls it, traces it into one graph with the default arguments and either
+    ``update``; forward and backward equal eager's. While compiling, the label range
+    check is skipped (it needs the labels' values on the host: a graph break, and a
+    synchronisation on CUDA), and so is the forgotten-optimizer check. An out-of-range
+    label then fails inside the compiled kernel: on the CPU a ``RuntimeError`` "index
+    out of bounds" (Inductor's bounds check); on CUDA Inductor's check is a device-side
+    assert, which ends the process (not tried here). Check labels in your data pipeline,
+    or run the first epoch eagerly. ``sparse=True`` stays eager: the sparse gradient
+    cannot be traced, so ``fullgraph=True`` raises and plain ``torch.compile`` runs the
+    loss eagerly (a graph break). ``distributed=True`` has not been tried compiled.
+
     **Distributed data parallel.** With ``distributed=True`` (create the module after
     ``torch.distributed.init_process_group``, on every rank), each rank passes its own
     shard of the global batch and the module keeps the centers identical everywhere:
