@@ -1,6 +1,7 @@
 """CenterLoss in the training loops people write (the recipes of center_loss.py's
 docstring): a forgotten optimizer, optimizers other than plain SGD, AMP with GradScaler,
 and torch.compile."""
+import copy
 import warnings
 
 import pytest
@@ -72,8 +73,9 @@ def test_no_warning(case):
 
 def test_forgotten_optimizer_caught_on_a_deepcopy():
     """A deepcopy drops tensor hooks: the module registers its own again."""
-    import copy
-    loss_fn = copy.deepcopy(CenterLoss(4, 2, use_gpu=False))
+    original = CenterLoss(4, 2, use_gpu=False)
+    original(*blobs(0, 4, in_dim=2, dtype=torch.float32))  # registers the hook
+    loss_fn = copy.deepcopy(original)
     with pytest.warns(RuntimeWarning, match="never changed"):
         for step in range(STALE + 2):
             x, y = blobs(step, 4, in_dim=2, dtype=torch.float32)
