@@ -155,8 +155,9 @@ class CenterLoss(nn.Module):
     version counter, which an optimizer's step bumps, then their values), the module
     warns once (``RuntimeWarning``) that no optimizer steps them. Nothing is checked in
     eval mode, under ``torch.no_grad()``, with frozen centers
-    (``centers.requires_grad_(False)``) or while compiling; the check reads two
-    integers per call.
+    (``centers.requires_grad_(False)``) or while compiling. The check is a few
+    attribute reads per call, no tensor operation (two sums over the centers, only while
+    they stay unchanged).
 
     **Mixed precision.** Under ``torch.autocast`` the loss is computed in float32 (see
     above). With a ``torch.amp.GradScaler`` and a separate center optimizer, unscale the
@@ -177,14 +178,14 @@ class CenterLoss(nn.Module):
 
     ``optimizer_centloss.step()`` in place of ``scaler.step(optimizer_centloss)`` would
     skip the unscaling and move the centers ``scale`` (65536 at first) times too far;
-    ``scaler.step`` also skips the centers' step when their gradient overflowed. The
-    center update then equals the float32 loop's, for both update rules, to about 2e-4
-    of its size with float16 and 1.3e-3 with bfloat16 (bfloat16 needs no scaler, but
-    using one is harmless).
+    ``scaler.step`` also skips the centers' step when their gradient overflowed. In the
+    tests' loop the center update then equals the float32 loop's, for both update
+    rules, to 2e-4 of its size with float16 and 1.3e-3 with bfloat16 (bfloat16 needs no
+    scaler, but using one is harmless).
 
-    **torch.compile.** ``torch.compile(center_loss, fullgraph=True)``, or compiling a
-    model that calls it, traces it into one graph with the default arguments and either
-    ``update``; forward and backward equal eager's. While compiling, the label range
+    **torch.compile.** ``torch.compile(center_loss, fullgraph=True)`` traces the module
+    into one graph (no graph break) with the default arguments and either ``update``;
+    forward and backward equal eager's. While compiling, the label range
     check is skipped (it needs the labels' values on the host: a graph break, and a
     synchronisation on CUDA), and so is the forgotten-optimizer check. An out-of-range
     label then fails inside the compiled kernel: on the CPU a ``RuntimeError`` "index
