@@ -156,8 +156,8 @@ class CenterLoss(nn.Module):
     warns once (``RuntimeWarning``) that no optimizer steps them. Nothing is checked in
     eval mode, under ``torch.no_grad()``, with frozen centers
     (``centers.requires_grad_(False)``) or while compiling. In a correct loop the check
-    is one comparison of the version counter per call (a step of 10 classes took the
-    same time with and without it); only once the centers are seen unchanged between
+    is one comparison of the version counter per call (no measurable step time:
+    ``benchmarks/README.md``); only once the centers are seen unchanged between
     two calls does a hook on them count backward passes (and two sums over the centers
     confirm, before warning, that they did not move through ``.data`` or a fused
     optimizer, which leave the counter alone).
