@@ -119,7 +119,7 @@ class CenterLoss(nn.Module):
 
     * SGD with momentum ``m``: SGD is linear in the gradient, so the rescaling still
       keeps :math:`\lambda` from changing how the centers move, but their steady step
-      becomes ``lr / (1 - m)`` and they overshoot; with ``update='paper'`` the step is no
+      becomes ``lr / (1 - m)`` and they can overshoot; with ``update='paper'`` the step is no
       longer :math:`c_j - \alpha\,\Delta c_j`. Give the centers no momentum.
     * Adam / AdamW: Adam divides each coordinate's step by the running RMS of its
       gradient, so the rescaling does nothing (over 20 steps the centers differ by less
