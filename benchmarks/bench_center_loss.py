@@ -2,6 +2,7 @@
 
     python benchmarks/bench_center_loss.py            # CPU
     python benchmarks/bench_center_loss.py --device cuda
+    python benchmarks/bench_center_loss.py --methods "ours dense,ours compiled"
 
 A step is forward + backward + the centers' 1/lambda rescaling + a plain SGD step on
 the centers, with B=256. Each (method, classes) pair runs in a fresh subprocess so its
@@ -10,7 +11,9 @@ centers' gradient and all temporaries), on the CPU the peak resident set (VmHWM,
 after a warm-up step) above the resident set before, on CUDA
 torch.cuda.max_memory_allocated above what was allocated before.
 The baseline is KaiyangZhou/pytorch-center-loss's forward, re-implemented here (its
-deprecated addmm_(1, -2, ...) overload written with keywords).
+deprecated addmm_(1, -2, ...) overload written with keywords). "ours compiled" is the
+dense mode under torch.compile(fullgraph=True), the optimizer step eager; its first
+call (the compilation) is the warm-up step, timed apart.
 """
 import argparse
 import json
@@ -28,7 +31,7 @@ from center_loss import CenterLoss  # noqa: E402
 
 BATCH = 256
 CONFIGS = [(10, 2), (1_000, 512), (100_000, 512), (1_000_000, 512)]  # (classes, feat_dim)
-METHODS = ["popular B x C", "ours dense", "ours sparse"]
+METHODS = ["popular B x C", "ours dense", "ours compiled", "ours sparse"]
 
 
 class PopularCenterLoss(nn.Module):
@@ -83,6 +86,8 @@ def measure(method, num_classes, feat_dim, device, steps, min_seconds=1.0, weigh
         loss_fn = CenterLoss(num_classes, feat_dim, use_gpu=False,
                              sparse=method == "ours sparse").to(device)
     opt = torch.optim.SGD(loss_fn.parameters(), lr=lr_cent)
+    if method == "ours compiled":
+        loss_fn = torch.compile(loss_fn, fullgraph=True)
     features = torch.randn(BATCH, feat_dim, device=device, requires_grad=True)
     labels = torch.randint(0, num_classes, (BATCH,), device=device)
 
@@ -96,8 +101,10 @@ def measure(method, num_classes, feat_dim, device, steps, min_seconds=1.0, weigh
         opt.step()
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    start = time.perf_counter()
     step()  # warm-up: one-off allocations of the first call are not a step's memory
     sync()
+    first = time.perf_counter() - start
     opt.zero_grad()
     features.grad = None
     # From here memory counts: what a step needs beyond the centers and the inputs,
@@ -119,7 +126,7 @@ def measure(method, num_classes, feat_dim, device, steps, min_seconds=1.0, weigh
         peak = torch.cuda.max_memory_allocated() - before
     else:
         peak = proc_status_bytes("VmHWM") - before
-    return statistics.median(times), max(peak, 0), len(times)
+    return statistics.median(times), max(peak, 0), len(times), first
 
 
 def run_one(method, num_classes, feat_dim, device, steps):
@@ -134,6 +141,8 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--steps", type=int, default=5,
                    help="timed steps at least, and more until 1 s is timed (median is shown)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated subset of {METHODS}")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -145,21 +154,32 @@ def main():
           f"B={BATCH}, median step time")
     print("| classes | D | method | step (ms) | steps timed | peak memory of a step (MB) | vs popular |")
     print("|---:|---:|---|---:|---:|---:|---:|")
-    results = {}
+    results, first_calls = {}, []
+    methods = [m for m in METHODS if m in args.methods.split(",")]
     for num_classes, feat_dim in CONFIGS:
         base = None
-        for method in METHODS:
+        for method in methods:
             if method == "popular B x C" and baseline_bytes(num_classes) > 0.6 * available_bytes(args.device):
                 print(f"| {num_classes:,} | {feat_dim} | {method} | skipped: needs about "
                       f"{baseline_bytes(num_classes) / 2**30:.1f} GiB | | | |")
                 continue
-            seconds, peak, timed = run_one(method, num_classes, feat_dim, args.device, args.steps)
+            seconds, peak, timed, first = run_one(method, num_classes, feat_dim, args.device,
+                                                  args.steps)
             results[(num_classes, method)] = seconds
+            if method == "ours compiled":
+                first_calls.append(f"{num_classes:,}: {first:.1f} s")
             if method == "popular B x C":
                 base = seconds
             speedup = f"{base / seconds:.1f}x" if base else "n/a"
             print(f"| {num_classes:,} | {feat_dim} | {method} | {seconds * 1e3:.2f} | {timed} | "
                   f"{peak / 2**20:.1f} | {speedup} |", flush=True)
+    ratios = [f"{c:,}: {results[(c, 'ours dense')] / results[(c, 'ours compiled')]:.2f}x"
+              for c, _ in CONFIGS if (c, "ours dense") in results and (c, "ours compiled") in results]
+    if ratios:
+        print("\nours compiled vs ours dense (eager), speed by classes: " + ", ".join(ratios))
+    if first_calls:
+        print("ours compiled, first call (compilation included), by classes: "
+              + ", ".join(first_calls))
     small, large = results.get((1_000, "ours sparse")), results.get((1_000_000, "ours sparse"))
     if small and large:
         print(f"\nours sparse, 1,000,000 vs 1,000 classes: {large / small:.2f}x the time per step")

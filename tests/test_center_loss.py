@@ -256,6 +256,11 @@ def test_centers_initialised_from_standard_normal():
     assert abs(centers.mean().item()) < 0.01 and abs(centers.std().item() - 1) < 0.01
 
 
+def test_zeros_init():
+    centers = CenterLoss(5, 3, use_gpu=False, init="zeros").centers
+    assert isinstance(centers, torch.nn.Parameter) and torch.equal(centers, torch.zeros(5, 3))
+
+
 # empty batch, errors ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("sparse", [False, True])
@@ -282,6 +287,7 @@ def test_empty_batch_none_reduction():
     (dict(num_classes=2.5), TypeError, r"num_classes must be an int, got 2.5"),
     (dict(reduction="avg"), ValueError, r"reduction must be .*'none', got 'avg'"),
     (dict(update="sgd"), ValueError, r"update must be 'grad' or 'paper', got 'sgd'"),
+    (dict(init="xavier"), ValueError, r"init must be 'randn' or 'zeros', got 'xavier'"),
 ])
 def test_constructor_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
