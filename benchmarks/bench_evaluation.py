@@ -2,6 +2,15 @@
 
     python benchmarks/bench_evaluation.py                  # D=2, then D=128
     python benchmarks/bench_evaluation.py --feat-dim 512 --repeats 5
+    python benchmarks/bench_evaluation.py --omniglot --data-root ./data   # Omniglot-sized
+
+--omniglot times instead what main.py does at each evaluation of an Omniglot checkpoint,
+on 128-D synthetic features of its shapes: 3,856 seen test images of 964 classes and
+13,180 unseen ones of 659 classes (20 each), each split's retrieval, 10-fold verification
+and all-pairs TAR@FAR 1e-3/1e-4/1e-5 (86.8 M pairs of the unseen split), and the 20
+one-shot runs of 20-way by cosine and L2; the brute force holds the full N x N matrix and
+sorts every impostor score. With --data-root it also times loading Omniglot
+(datasets.load_omniglot: 32,460 PNGs decoded and resized, the one-shot zip read).
 
 N=10,000 float32 features (as main.py hands them over) with the MNIST test set's class
 sizes, 10 classes, 6,000 verification pairs (10 folds), cosine similarity. "Full
@@ -36,8 +45,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import datasets  # noqa: E402
 import evaluation  # noqa: E402
-from evaluation import retrieval_metrics, verification_metrics, verification_pairs  # noqa: E402
+from evaluation import (all_pairs_tar_at_far, one_shot_error, retrieval_metrics,  # noqa: E402
+                        verification_metrics, verification_pairs)
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # N = 10,000
 NUM_PAIRS = 6000
@@ -271,6 +282,140 @@ def _max(*values):
     return None if None in values else max(values)
 
 
+# ------------------------------------------------------------------------ Omniglot
+
+OMNIGLOT_SPLITS = (("seen", 964, 4), ("unseen", 659, 20))  # (split, classes, images each)
+ALL_PAIRS_FARS = (1e-3, 1e-4, 1e-5)
+OMNIGLOT_TARGET_SECONDS = 10.0
+
+
+def omniglot_features(feat_dim=128, seed=0, spread=0.45):
+    """{split: (features, labels)} and one-shot (support, queries, answers): classes with
+    random means (spread per coordinate) plus unit Gaussian noise, float32 as main.py."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for split, classes, each in OMNIGLOT_SPLITS:
+        labels = torch.arange(classes).repeat_interleave(each)
+        means = spread * torch.randn(classes, feat_dim, generator=g)
+        out[split] = (means[labels] + torch.randn(len(labels), feat_dim, generator=g), labels)
+    means = spread * torch.randn(20, 20, feat_dim, generator=g)  # 20 runs of 20 characters
+    answers = torch.stack([torch.randperm(20, generator=g) for _ in range(20)])
+    support = means + torch.randn(means.shape, generator=g)
+    queries = means.gather(1, answers.unsqueeze(2).expand(-1, -1, feat_dim))
+    queries = queries + torch.randn(queries.shape, generator=g)
+    return out, (support, queries, answers)
+
+
+def brute_all_pairs(features, labels, fars=ALL_PAIRS_FARS):
+    """The full N x N float64 cosine matrix, its upper triangle split into same- and
+    different-class scores, every different-class score sorted."""
+    x = features.double()
+    x = x / x.norm(dim=1, keepdim=True)
+    sim = x @ x.T
+    upper = torch.ones(len(x), len(x), dtype=torch.bool).triu_(1)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    genuine, impostors = sim[upper & same], sim[upper & ~same]
+    del sim, upper, same
+    impostors = impostors.sort(descending=True).values
+    tar = {}
+    for far in fars:
+        k = math.floor(far * len(impostors) + 1e-9)
+        tar[far] = 1.0 if k >= len(impostors) else (genuine > impostors[k]).double().mean().item()
+    return {"tar": tar, "num_same": len(genuine), "num_different": len(impostors)}
+
+
+def brute_one_shot(support, queries, answers, metric):
+    """Every query against every support image in Python loops, float64."""
+    errors = []
+    for r in range(len(support)):
+        wrong = 0
+        for q in range(queries.shape[1]):
+            a = queries[r, q].double()
+            scores = []
+            for w in range(support.shape[1]):
+                b = support[r, w].double()
+                scores.append((a @ b / (a.norm() * b.norm())).item() if metric == "cosine"
+                              else -(a - b).norm().item())
+            wrong += max(range(len(scores)), key=lambda w: (scores[w], -w)) != int(answers[r, q])
+        errors.append(wrong / queries.shape[1])
+    mean = sum(errors) / len(errors)
+    return {"error": mean, "error_std": math.sqrt(sum((e - mean) ** 2 for e in errors) / len(errors))}
+
+
+def _agree(what, ours, brute, keys):
+    bad = [f"{k}: ours {ours[k]!r}, brute force {brute[k]!r}" for k in keys
+           if not abs(ours[k] - brute[k]) <= TOL]
+    if bad:
+        raise AssertionError(f"Omniglot {what}: ours and brute force disagree:\n  " + "\n  ".join(bad))
+
+
+def omniglot_steps(splits, one_shot):
+    """[(row name, ours, brute force, compare)]: each a () -> result, compare(ours, brute)."""
+    steps = []
+    for split, (x, y) in splits.items():
+        pairs = verification_pairs(y, NUM_PAIRS, 0, FOLDS)
+        steps += [
+            (f"{split}: retrieval", lambda x=x, y=y: retrieval_metrics(x, y),
+             lambda x=x, y=y: brute_retrieval(x, y),
+             lambda o, b: _agree("retrieval", o, b, RETRIEVAL_KEYS + ("num_queries",))),
+            (f"{split}: pairs + 10-fold verification",
+             lambda x=x, y=y: verification_metrics(x, y, verification_pairs(y, NUM_PAIRS, 0, FOLDS)),
+             lambda x=x, y=y, p=pairs: brute_verification(x, y, p),
+             lambda o, b: _agree("verification", o, b, VERIFICATION_KEYS)),
+            (f"{split}: all-pairs TAR@FAR", lambda x=x, y=y: all_pairs_tar_at_far(x, y, ALL_PAIRS_FARS),
+             lambda x=x, y=y: brute_all_pairs(x, y),
+             lambda o, b: _agree("all-pairs", {**o["tar"], "n": o["num_different"]},
+                                 {**b["tar"], "n": b["num_different"]}, ALL_PAIRS_FARS + ("n",)))]
+    for metric in ("cosine", "euclidean"):
+        steps.append((f"one-shot, 20 runs ({metric})",
+                      lambda m=metric: one_shot_error(*one_shot, metric=m),
+                      lambda m=metric: brute_one_shot(*one_shot, m),
+                      lambda o, b: _agree("one-shot", o, b, ("error", "error_std"))))
+    return steps
+
+
+def run_omniglot(repeats, data_root):
+    splits, one_shot = omniglot_features()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"128-D synthetic features: seen {len(splits['seen'][1]):,} (964 classes), unseen "
+          f"{len(splits['unseen'][1]):,} (659 classes); {NUM_PAIRS:,} pairs in {FOLDS} folds, "
+          f"all-pairs FARs {', '.join(f'{f:g}' for f in ALL_PAIRS_FARS)}; cosine; median of "
+          f"{repeats}; ours and brute force agree to {TOL:g} on every repeat\n")
+    print("| what | ours (s) | brute force (s) | speedup |")
+    print("|---|---:|---:|---:|")
+    total = {"ours": [0.0] * repeats, "brute": [0.0] * repeats}
+    results = {}
+    for name, ours, brute, compare in omniglot_steps(splits, one_shot):
+        t_o, t_b = [], []
+        for i in range(repeats):
+            o, t, _ = measured(ours)
+            b, tb, _ = measured(brute)
+            compare(o, b)
+            t_o.append(t)
+            t_b.append(tb)
+            total["ours"][i] += t
+            total["brute"][i] += tb
+        results[name] = o
+        a, b = statistics.median(t_o), statistics.median(t_b)
+        print(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.1f}x |", flush=True)
+    full_o, full_b = statistics.median(total["ours"]), statistics.median(total["brute"])
+    print(f"| **full evaluation** | {full_o:.3f} | {full_b:.3f} | {full_b / full_o:.1f}x |")
+    tar = results["unseen: all-pairs TAR@FAR"]
+    print(f"\nfull evaluation {full_o:.2f} s, target < {OMNIGLOT_TARGET_SECONDS:g} s on 2 CPU "
+          f"cores: {'met' if full_o < OMNIGLOT_TARGET_SECONDS else 'NOT met'}; unseen: "
+          f"{tar['num_same']:,} same-class and {tar['num_different']:,} different-class pairs, "
+          + ", ".join(f"TAR@FAR={f:g} {v:.4f}" for f, v in tar["tar"].items())
+          + f"; one-shot error (cosine) {results['one-shot, 20 runs (cosine)']['error']:.4f}")
+    if data_root:
+        start = time.perf_counter()
+        o = datasets.load_omniglot(data_root)
+        seconds = time.perf_counter() - start
+        n = len(o["train"][1]) + len(o["test"][1])
+        print(f"loading Omniglot from {data_root} (first load in this process; no cache): "
+              f"{n:,} images and the one-shot zip in {seconds:.2f} s, target < 10 s: "
+              f"{'met' if seconds < 10 else 'NOT met'}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--feat-dim", type=int, default=2, help="feature dimension of the first row set")
@@ -278,9 +423,18 @@ def main():
                    help="feature dimension of the second row set (0: none)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each (median is shown)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--omniglot", action="store_true",
+                   help="time an Omniglot evaluation instead (see the docstring)")
+    p.add_argument("--data-root", default=None,
+                   help="with --omniglot: also time loading Omniglot from this folder")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.omniglot:
+        start = time.perf_counter()
+        run_omniglot(args.repeats, args.data_root)
+        print(f"\nbenchmark wall time {time.perf_counter() - start:.0f} s")
+        return
     dims = [args.feat_dim] + ([args.second_feat_dim]
                               if args.second_feat_dim and args.second_feat_dim != args.feat_dim else [])
     start = time.perf_counter()
