@@ -38,6 +38,7 @@ OMNIGLOT_DRAWERS, OMNIGLOT_TRAIN_DRAWERS = 20, 16  # drawers 17-20: the seen-cla
 ONE_SHOT_URL = ("https://github.com/brendenlake/omniglot/raw/master/python/"
                 "one-shot-classification/all_runs.zip")
 ONE_SHOT_MD5 = "e8996daecdf12afeeb4a53a179f06b19"
+CACHE_VERSION = 1  # of the decoded-image cache's format and preprocessing (_decode)
 
 
 class TensorLoader:
@@ -288,13 +289,83 @@ def _decode(source, name):
     return 255 - np.asarray(small, dtype=np.uint8)
 
 
+def cache_dir():
+    """Where decoded Omniglot images are kept between runs: $CENTER_LOSS_CACHE (empty: no
+    cache), else $XDG_CACHE_HOME/center_loss, else ~/.cache/center_loss. Never the data
+    root, which may be read-only (and is shared by users here)."""
+    if "CENTER_LOSS_CACHE" in os.environ:
+        return os.environ["CENTER_LOSS_CACHE"] or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "center_loss")
+
+
+def _cache_file(parent):
+    # One file per data folder; decoded pixels also depend on Pillow's resize, so a new
+    # Pillow starts a new cache rather than mixing two resamplers' images.
+    import hashlib
+    import PIL
+    key = hashlib.sha1(f"{os.path.realpath(parent)}|{PIL.__version__}|{CACHE_VERSION}".encode())
+    folder = cache_dir()
+    return os.path.join(folder, f"omniglot28-{key.hexdigest()[:16]}.pt") if folder else None
+
+
+def _read_cache(path):
+    """{relative path: (size, mtime_ns, image)} from a cache file; {} when there is none or
+    it cannot be read (a cache is only ever a shortcut)."""
+    try:
+        c = torch.load(path, weights_only=True)
+        return {p: (s, m, i) for p, (s, m), i in zip(c["paths"], c["stats"].tolist(), c["images"])}
+    except Exception:
+        return {}
+
+
+def _write_cache(path, entries):
+    # Written to a temporary name, then renamed: a reader (another run starting) sees the
+    # old file or the new one, never half of one.
+    paths = sorted(entries)
+    blob = {"paths": paths, "stats": torch.tensor([entries[p][:2] for p in paths]),
+            "images": torch.stack([entries[p][2] for p in paths])}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache folder: the next load decodes again
+
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None  # _decode names the missing file
+
+
 def _decode_all(parent, paths):
-    # One thread: a pool of two decoded the 32,460 images in 13.8 s against 5.5-6.0 s for this
-    # loop on 2 cores (Pillow holds the GIL for most of a small PNG).
-    images = [_decode(path, path) for path in (os.path.join(parent, p) for p in paths)]
+    """The images of `paths` (relative to `parent`), uint8 (N, 28, 28): from the cache
+    (`cache_dir`) where a file's size and modification time are those it was decoded
+    with, else decoded, and the cache updated. Cold, reading 32,460 small files is slow
+    on its own; one cache file is not (benchmarks/README.md, "An Omniglot evaluation")."""
+    cache = _cache_file(parent)
+    entries = _read_cache(cache) if cache else {}
+    images, changed = [], False
+    for p in paths:
+        full = os.path.join(parent, p)
+        stat = _stat(full)
+        hit = entries.get(p)
+        if hit is None or stat is None or tuple(hit[:2]) != stat:
+            # One thread: a pool of two decoded the 32,460 images in 13.8 s against
+            # 5.5-6.0 s for this loop on 2 cores (Pillow holds the GIL for most of a PNG).
+            image = torch.from_numpy(_decode(full, full))  # names a missing file
+            hit = entries[p] = (*stat, image)
+            changed = True
+        images.append(hit[2])
+    if changed and cache:
+        _write_cache(cache, entries)
     if not images:
         return torch.empty(0, 28, 28, dtype=torch.uint8)
-    return torch.from_numpy(np.stack(images))
+    return torch.stack(images)
 
 
 def load_omniglot(root, train_classes=None, seed=1):

@@ -11,6 +11,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test its own decoded-image cache (datasets.cache_dir; main.py's subprocesses
+    inherit it): no test reads another's or the user's ~/.cache."""
+    monkeypatch.setenv("CENTER_LOSS_CACHE", str(tmp_path / "cache"))
+
+
 def write_idx(path, array):
     """Write a uint8 array in the IDX format of LeCun's MNIST files."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

@@ -13,7 +13,7 @@ from PIL import Image
 import datasets
 import evaluation
 import main
-from conftest import ONE_SHOT_ANSWERS
+from conftest import ONE_SHOT_ANSWERS, omniglot_image, png_bytes
 from test_main import FAST, NO_NETWORK, checkpoint, metrics
 
 BACKGROUND, EVALUATION = 6, 4  # characters in the tiny tree
@@ -175,6 +175,69 @@ def test_truncated_png_is_named(tmp_path, tiny_omniglot):
         f.truncate(40)
     with pytest.raises(ValueError, match=f"{victim}: cannot decode this PNG"):
         datasets.load_omniglot(root)
+
+
+def decoded_files(monkeypatch):
+    """The Omniglot PNGs (not the one-shot zip's members) that datasets decodes from now on."""
+    calls, real = [], datasets._decode
+    monkeypatch.setattr(datasets, "_decode",
+                        lambda source, name: calls.append(name) or real(source, name))
+    return lambda: [n for n in calls if "all_runs.zip" not in n]
+
+
+def loaded(root, **kwargs):
+    o = datasets.load_omniglot(root, **kwargs)
+    return [*o["train"], *o["test"], torch.tensor([o["mean"], o["std"]])]
+
+
+def test_cache_equals_decoding_and_follows_changed_files(tmp_path, tiny_omniglot, monkeypatch):
+    root = copy_tree(tiny_omniglot, tmp_path / "root")
+    in_root = lambda: sorted(os.path.join(d, n) for d, _, names in os.walk(root)  # noqa: E731
+                             for n in names)
+    files_before = in_root()
+    monkeypatch.setenv("CENTER_LOSS_CACHE", "")  # no cache: the reference
+    reference = loaded(root)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CENTER_LOSS_CACHE", str(cache))
+    decoded = decoded_files(monkeypatch)
+    assert all(torch.equal(a, b) for a, b in zip(loaded(root), reference))
+    assert len(decoded()) == 10 * 20 and len(os.listdir(cache)) == 1
+    assert in_root() == files_before  # never written inside the data root
+    assert all(torch.equal(a, b) for a, b in zip(loaded(root), reference))
+    assert len(decoded()) == 10 * 20  # the second load decoded nothing
+
+    # A file rewritten with another image is decoded again; the rest come from the cache.
+    folder = os.path.join(root, "omniglot-py", "images_background", "Alpha", "character02")
+    victim = os.path.join(folder, sorted(os.listdir(folder))[17])  # drawer 18: seen test
+    with open(victim, "wb") as f:
+        f.write(png_bytes(omniglot_image(40, 3)))
+    changed = loaded(root)
+    assert decoded()[10 * 20:] == [victim]
+    monkeypatch.setenv("CENTER_LOSS_CACHE", "")
+    assert all(torch.equal(a, b) for a, b in zip(changed, loaded(root)))
+    assert not torch.equal(changed[2], reference[2])  # the change reached the test images
+
+    # A file truncated after it was cached is named, as without a cache.
+    monkeypatch.setenv("CENTER_LOSS_CACHE", str(cache))
+    with open(victim, "r+b") as f:
+        f.truncate(40)
+    with pytest.raises(ValueError, match=f"{victim}: cannot decode this PNG"):
+        datasets.load_omniglot(root)
+
+
+def test_cache_of_a_subset_grows_and_an_unwritable_cache_is_skipped(tmp_path, tiny_omniglot,
+                                                                     monkeypatch):
+    reference = loaded(tiny_omniglot)  # this test's own cache, empty until now
+    other = tmp_path / "other"
+    monkeypatch.setenv("CENTER_LOSS_CACHE", str(other))
+    decoded = decoded_files(monkeypatch)
+    loaded(tiny_omniglot, train_classes=2, seed=3)  # 2 of 6 background characters + unseen
+    assert len(decoded()) == (2 + 4) * 20
+    assert all(torch.equal(a, b) for a, b in zip(loaded(tiny_omniglot), reference))
+    assert len(decoded()) == 10 * 20  # only the 4 characters not cached yet
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("CENTER_LOSS_CACHE", str(tmp_path / "a_file" / "cache"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded(tiny_omniglot), reference))
 
 
 def test_missing_drawer_is_named(tmp_path, tiny_omniglot):
