@@ -416,22 +416,32 @@ def omniglot_picture(args):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sweeps = [("λ (α = 0.5)", OMNIGLOT_LAMBDAS, lambda v: omniglot_run(v))]
+    sweeps = [("λ (α = 0.5)", OMNIGLOT_LAMBDAS, lambda v, seed: omniglot_run(v, seed=seed))]
     if OMNIGLOT_BEST_LAM is not None:
         sweeps.append((f"α (λ = {OMNIGLOT_BEST_LAM:g})", OMNIGLOT_ALPHAS,
-                       lambda v: omniglot_run(OMNIGLOT_BEST_LAM, v)))
+                       lambda v, seed: omniglot_run(OMNIGLOT_BEST_LAM, v, seed=seed)))
     fig, axes = plt.subplots(len(sweeps), len(OMNIGLOT_PANELS), squeeze=False,
                              figsize=(4 * len(OMNIGLOT_PANELS), 3.6 * len(sweeps)), dpi=80)
     softmax = last(run_name(**omniglot_run(0)), args)
     for row_i, (xlabel, values, settings) in enumerate(sweeps):
         for ax, (key, ylabel, _) in zip(axes[row_i], OMNIGLOT_PANELS):
-            points = [(i, last(run_name(**settings(v)), args)) for i, v in enumerate(values)]
-            points = [(i, float(r[key])) for i, r in points if r is not None and r.get(key)]
-            if points:
-                ax.plot(*zip(*points), "s-", color="C1")
+            for seed, style in ((1, "s-"), (2, "x")):  # seed 2: the class-count study's K = 964
+                points = [(i, last(run_name(**settings(v, seed)), args))
+                          for i, v in enumerate(values)]
+                points = [(i, float(r[key]), r["spread"]) for i, r in points
+                          if r is not None and r.get(key)]
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], style, color="C1",
+                            markersize=6 if seed == 1 else 9, label=f"seed {seed}")
+                late = [p for p in points if p[2] > CONVERGED_POINTS]
+                if late:  # still learning at the last epoch: a reading of the schedule too
+                    ax.plot([p[0] for p in late], [p[1] for p in late], "o", mfc="none",
+                            mec="C3", markersize=13,
+                            label=f"not converged (spread > {CONVERGED_POINTS:g}), seed {seed}")
             if softmax is not None and softmax.get(key):
                 ax.axhline(float(softmax[key]), color="C1", linestyle=":",
-                           label="softmax only (λ = 0)")
+                           label="softmax only (λ = 0), seed 1")
+            if ax.lines:
                 ax.legend(fontsize=8)
             ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
             ax.set(xlabel=xlabel, ylabel=ylabel)
