@@ -6,6 +6,7 @@ processes, and data loading never limits speed. Shuffling uses a seeded
 ``torch.Generator`` whose state goes into checkpoints, so a resumed run sees the same
 batches as one that was never interrupted.
 """
+import hashlib
 import io
 import math
 import os
@@ -302,7 +303,6 @@ def cache_dir():
 def _cache_file(parent):
     # One file per data folder; decoded pixels also depend on Pillow's resize, so a new
     # Pillow starts a new cache rather than mixing two resamplers' images.
-    import hashlib
     import PIL
     key = hashlib.sha1(f"{os.path.realpath(parent)}|{PIL.__version__}|{CACHE_VERSION}".encode())
     folder = cache_dir()
@@ -354,7 +354,7 @@ def _decode_all(parent, paths):
         full = os.path.join(parent, p)
         stat = _stat(full)
         hit = entries.get(p)
-        if hit is None or stat is None or tuple(hit[:2]) != stat:
+        if hit is None or stat is None or hit[:2] != stat:
             # One thread: a pool of two decoded the 32,460 images in 13.8 s against
             # 5.5-6.0 s for this loop on 2 cores (Pillow holds the GIL for most of a PNG).
             image = torch.from_numpy(_decode(full, full))  # names a missing file
