@@ -421,11 +421,25 @@ def omniglot_tables(args):
     return out
 
 
-def omniglot_picture(args):
-    """Figure 5 on Omniglot: the unseen figures against λ (α 0.5) and α (best λ)."""
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no display on a training machine)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, title, filename, args):
+    """Title one of the study's figures, lay it out and write it into the runs folder."""
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.runs_dir, filename))
+    pyplot().close(fig)
+
+
+def omniglot_picture(args):
+    """Figure 5 on Omniglot: the unseen figures against λ (α 0.5) and α (best λ)."""
+    plt = pyplot()
     sweeps = [("λ (α = 0.5)", OMNIGLOT_LAMBDAS, lambda v, seed: omniglot_run(v, seed=seed))]
     if OMNIGLOT_BEST_LAM is not None:
         sweeps.append((f"α (λ = {OMNIGLOT_BEST_LAM:g})", OMNIGLOT_ALPHAS,
@@ -456,11 +470,9 @@ def omniglot_picture(args):
             ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
             ax.set(xlabel=xlabel, ylabel=ylabel)
             ax.grid(alpha=0.3)
-    fig.suptitle(f"Omniglot, {OMNIGLOT_DIM}-D, 964 training characters: the 659 evaluation "
-                 "characters never trained on (cosine)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.runs_dir, "omniglot_fig5.png"))
-    plt.close(fig)
+    save_figure(fig, f"Omniglot, {OMNIGLOT_DIM}-D, 964 training characters: the 659 evaluation "
+                "characters never trained on (cosine)",
+                "omniglot_fig5.png", args)
 
 
 def classes_picture(args):
@@ -469,9 +481,7 @@ def classes_picture(args):
     MNIST open-set runs (6 training classes, another dataset) beside them."""
     if OMNIGLOT_BEST_LAM is None:
         return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(OMNIGLOT_PANELS), figsize=(4.2 * len(OMNIGLOT_PANELS), 3.8),
                              dpi=80)
     mnist = {0: last(run_name(**fig5_run(lam=0)), args),
@@ -496,12 +506,9 @@ def classes_picture(args):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle("Unseen classes against the number of training classes: Omniglot's 659 "
-                 "evaluation characters (stars: MNIST's 4 held-out digits, another dataset)",
-                 fontsize=11)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.runs_dir, "classes.png"))
-    plt.close(fig)
+    save_figure(fig, "Unseen classes against the number of training classes: Omniglot's 659 "
+                "evaluation characters (stars: MNIST's 4 held-out digits, another dataset)",
+                "classes.png", args)
 
 
 def features_panel(ax, path, name, colors, centers):
@@ -527,9 +534,7 @@ def features_panel(ax, path, name, colors, centers):
 
 
 def fig3_picture(args):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(FIG3_LAMBDAS), figsize=(4 * len(FIG3_LAMBDAS), 4.3), dpi=80)
     for ax, lam in zip(axes, FIG3_LAMBDAS):
         path = os.path.join(args.runs_dir, run_name(lam=lam), "test_features.pt")
@@ -537,19 +542,15 @@ def fig3_picture(args):
                        plt.get_cmap("tab10"), centers=lam > 0)
     if axes[0].collections:
         axes[0].legend(loc="upper left", markerscale=8, fontsize=7, ncol=2)
-    fig.suptitle("MNIST test features (2-D, LeNet++), eq. 4 center update with α = 0.5; "
-                 "black-edged dots: the learned centers", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.runs_dir, "fig3_lambda.png"))
-    plt.close(fig)
+    save_figure(fig, "MNIST test features (2-D, LeNet++), eq. 4 center update with α = 0.5; "
+                "black-edged dots: the learned centers",
+                "fig3_lambda.png", args)
 
 
 def fashion_picture(args):
     """Closed set: the 2-D test features of both runs. Open set: the unseen classes'
     verification accuracy and MAP@R after every epoch, softmax only against center loss."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     runs = fashion_runs(seed=1)
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.5), dpi=80)
     for ax, s in zip(axes[:2], runs[:2]):
@@ -570,17 +571,13 @@ def fashion_picture(args):
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.suptitle("Fashion-MNIST: closed-set test features (2-D, left) and unseen classes "
-                 "per epoch (right); cosine", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.runs_dir, "fashion.png"))
-    plt.close(fig)
+    save_figure(fig, "Fashion-MNIST: closed-set test features (2-D, left) and unseen classes "
+                "per epoch (right); cosine",
+                "fashion.png", args)
 
 
 def fig5_picture(args):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     sweeps = [("λ (α = 0.5)", FIG5_LAMBDAS, lambda v: dict(lam=v)),
               ("α (λ = 0.003)", FIG5_ALPHAS, lambda v: dict(lam=0.003, alpha=v))]
     metrics = [("ver_accuracy", "verification accuracy %"), ("map_at_r", "MAP@R %")]
@@ -610,11 +607,9 @@ def fig5_picture(args):
                 ax.legend(fontsize=8)
     axes[0, 0].set_title("(a) λ, as the paper's Figure 5a")
     axes[0, 1].set_title("(b) α, as the paper's Figure 5b")
-    fig.suptitle(f"MNIST, {FIG5_DIM}-D features, classes {HOLDOUT} never trained on: "
-                 "test pairs and retrieval, cosine", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.runs_dir, "fig5_sensitivity.png"))
-    plt.close(fig)
+    save_figure(fig, f"MNIST, {FIG5_DIM}-D features, classes {HOLDOUT} never trained on: "
+                "test pairs and retrieval, cosine",
+                "fig5_sensitivity.png", args)
 
 
 def report(args):
