@@ -453,6 +453,7 @@ def time_loading(data_root, drop_caches):
     else:
         os.environ["CENTER_LOSS_CACHE"] = before
 
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--feat-dim", type=int, default=2, help="feature dimension of the first row set")
