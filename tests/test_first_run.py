@@ -1,4 +1,4 @@
-"""What a new user meets first (issue 18): -h with every default and every dataset, the
+"""What a new user meets first: -h with every default and every dataset, the
 Args: line of their own settings, --evaluate writing beside its checkpoint, and a
 user's run at the top of log/ kept out of git beside the committed reference runs."""
 import os

@@ -1,4 +1,4 @@
-"""Pictures that do not distort (issue 18): feature scatters with one scale on both axes,
+"""Pictures that do not distort: feature scatters with one scale on both axes,
 whole epochs on the curves' x axes."""
 import os
 import sys
@@ -19,7 +19,7 @@ def units_in_pixels(ax):
 
 
 def thin_cloud():
-    """The issue's case: after one epoch x spans 0-0.2 and y only -0.015-0.005."""
+    """The old GIFs' case: after one epoch x spans 0-0.2 and y only -0.015-0.005."""
     g = torch.Generator().manual_seed(0)
     features = torch.rand(200, 2, generator=g) * torch.tensor([0.2, 0.02]) - torch.tensor([0, 0.015])
     return features, torch.arange(200) % 10

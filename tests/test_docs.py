@@ -1,0 +1,140 @@
+"""The repository's text as a reader meets it: no labels of an internal tracker that a reader
+cannot follow (name the study or the question instead), and every link between the markdown
+files lands on a file that exists and, with an anchor, on a heading of that file."""
+import os
+import re
+import subprocess
+import unicodedata
+from functools import lru_cache
+from urllib.parse import unquote
+
+import pytest
+
+from conftest import ROOT
+
+BINARY = (".png", ".gif", ".jpg", ".jpeg", ".pt", ".pth", ".tar", ".zip", ".gz", ".npy", ".npz")
+
+# Built from pieces so that this file does not carry the labels it looks for: a tracker
+# number (the word and a two-digit number from 10 to 29, or an anchor made of them), and a
+# sub-item label: a 4 and a letter from a to d in parentheses.
+WORD = "iss" + "ue"
+LABEL = re.compile(WORD + r"[ _-]?#?[12][0-9]|\(" + "4" + r"[a-d]\)", re.IGNORECASE)
+
+
+def git(*words):
+    return subprocess.run(["git", "-C", ROOT, *words], capture_output=True, text=True)
+
+
+in_git = pytest.mark.skipif(git("rev-parse", "--is-inside-work-tree").returncode != 0,
+                            reason="not a git checkout")
+
+
+def repository_files():
+    """Every file git tracks, and new ones it would track (not ignored), that exists."""
+    out = git("ls-files", "--cached", "--others", "--exclude-standard", "-z").stdout
+    paths = sorted(set(p for p in out.split("\0") if p))
+    return [p for p in paths if os.path.isfile(os.path.join(ROOT, p))]
+
+
+def text_of(path):
+    """The file's text, or None for a binary file (by its name, or a NUL byte as git sees it)."""
+    if path.lower().endswith(BINARY):
+        return None
+    with open(os.path.join(ROOT, path), "rb") as f:
+        data = f.read()
+    if b"\0" in data[:8000]:
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
+@in_git
+def test_no_tracker_labels():
+    found = []
+    for path in repository_files():
+        text = text_of(path)
+        if text is None:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            for match in LABEL.finditer(line):
+                found.append(f"{path}:{number}: {match.group(0)!r} in {line.strip()[:100]!r}")
+    assert not found, "tracker labels a reader cannot follow:\n" + "\n".join(found)
+
+
+def test_label_pattern():
+    """The pattern catches what it is meant to, and not ordinary text."""
+    for text in [WORD + " 17", WORD.capitalize() + " 18's", "#omniglot-" + WORD + "-17",
+                 "study (" + "4b)", "(" + "4c)", WORD.upper() + " 21"]:
+        assert LABEL.search(text), text
+    for text in ["an " + WORD + " of the journal", WORD + " 3", "(4)", "4b", "issued 170"]:
+        assert not LABEL.search(text), text
+
+
+FENCE = re.compile(r"^ *(```|~~~).*?^ *\1[^\n]*$", re.MULTILINE | re.DOTALL)
+CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+LINK = re.compile(r"\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
+HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$", re.MULTILINE)
+
+
+def without_code(markdown):
+    """Fenced blocks dropped: a '# comment' there is no heading, a '](x)' there no link."""
+    return FENCE.sub("", markdown)
+
+
+def slug(heading):
+    """GitHub's anchor for a heading: its rendered text lower-cased, punctuation other than
+    '-' and '_' dropped, each space a hyphen."""
+    text = CODE_SPAN.sub(lambda m: m.group(2), heading)
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)      # a link shows its text
+    text = re.sub(r"<[^>]+>", "", text)                          # inline HTML
+    text = re.sub(r"(\*+|(?<!\w)_+|_+(?!\w))", "", text)         # emphasis markers
+    kept = []
+    for char in text.lower():
+        if char in " -_" or char.isalnum() or unicodedata.category(char).startswith("M"):
+            kept.append(char)
+    return "".join(kept).replace(" ", "-")
+
+
+@lru_cache(maxsize=None)
+def anchors(path):
+    """The anchors GitHub gives the headings of one markdown file (repeats get -1, -2, ...)."""
+    with open(path, encoding="utf-8") as f:
+        text = without_code(f.read())
+    seen, result = {}, set()
+    for match in HEADING.finditer(text):
+        base = slug(match.group(2))
+        result.add(base if base not in seen else f"{base}-{seen[base]}")
+        seen[base] = seen.get(base, 0) + 1
+    return result
+
+
+def test_slug_matches_github():
+    """Anchors as GitHub makes them, from headings of this repository."""
+    for heading, anchor in [
+            ("`--amp` on a CPU", "--amp-on-a-cpu"),
+            ("Several processes or machines (torchrun)", "several-processes-or-machines-torchrun"),
+            ("The λ / α study", "the-λ--α-study"),
+            ("Figure 5a on Omniglot: λ at α 0.5 (964 training characters)",
+             "figure-5a-on-omniglot-λ-at-α-05-964-training-characters"),
+            ("MNIST: softmax only vs softmax + center loss", "mnist-softmax-only-vs-softmax--center-loss")]:
+        assert slug(heading) == anchor
+
+
+@in_git
+def test_markdown_links_resolve():
+    broken, checked = [], 0
+    for source in [p for p in repository_files() if p.endswith(".md")]:
+        with open(os.path.join(ROOT, source), encoding="utf-8") as f:
+            text = CODE_SPAN.sub(lambda m: "code", without_code(f.read()))
+        for target in LINK.findall(text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target, re.IGNORECASE) or not target:
+                continue                                         # http:, https:, mailto:
+            file_part, _, anchor = target.partition("#")
+            path = os.path.normpath(os.path.join(ROOT, os.path.dirname(source), file_part)) \
+                if file_part else os.path.join(ROOT, source)
+            checked += 1
+            if not os.path.exists(path):
+                broken.append(f"{source}: {target}: no such file")
+            elif anchor and (not path.endswith(".md") or unquote(anchor) not in anchors(path)):
+                broken.append(f"{source}: {target}: no heading with that anchor")
+    assert checked > 0
+    assert not broken, "broken links:\n" + "\n".join(broken)
