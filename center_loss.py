@@ -1,33 +1,26 @@
-"""Center loss (Wen et al., "A Discriminative Feature Learning Approach for Deep
-Face Recognition", ECCV 2016), exact, drop-in and O(B*D) at any class count.
+"""Center loss: Wen, Zhang, Li and Qiao, "A Discriminative Feature Learning Approach
+for Deep Face Recognition", ECCV 2016.
 
-This file depends on torch only: copy it into your project as it is.
+Center loss pulls each feature towards a learnt center of its class; it is trained
+beside a softmax loss, L = L_S + lambda * L_C (eq. 5). ``CenterLoss`` is a drop-in
+replacement for the popular PyTorch implementation (KaiyangZhou/pytorch-center-loss):
+the same arguments, ``centers`` parameter (its ``state_dict`` loads) and loss value,
+in O(B*D) time and memory at any class count instead of O(B*C*D).
 
-    >>> import torch
-    >>> from center_loss import CenterLoss
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <torch._C.Generator object at ...>
-    >>> model = torch.nn.Linear(16, 2)              # your network, giving 2-D features
-    >>> center_loss = CenterLoss(num_classes=10, feat_dim=2, use_gpu=False)
-    >>> weight_cent, lr_cent = 1.0, 0.5             # lambda and the centers' learning rate
-    >>> opt_model = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    >>> opt_cent = torch.optim.SGD(center_loss.parameters(), lr=lr_cent)
-    >>> x, labels = torch.randn(8, 16), torch.randint(0, 10, (8,))
-    >>> features = model(x)
-    >>> loss = weight_cent * center_loss(features, labels)  # + your softmax loss
-    >>> opt_model.zero_grad(); opt_cent.zero_grad()
-    >>> loss.backward()
-    >>> for p in center_loss.parameters():
-    ...     p.grad.data *= 1.0 / weight_cent        # lambda must not change how fast centers move
-    >>> opt_model.step(); opt_cent.step()
-    >>> center_loss.centers.shape
-    torch.Size([10, 2])
+This file depends on torch (2.1 or later) only: copy it into your project as it is.
+The project's documentation page on center loss has the derivations, measurements
+and tested recipes (optimizers, mixed precision, torch.compile, several processes).
 """
 import warnings
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+try:
+    from torch.compiler import is_compiling as _is_compiling
+except ImportError:  # torch 2.1 and 2.2 have it only under its older name
+    from torch._dynamo import is_compiling as _is_compiling
 
 __all__ = ["CenterLoss"]
 
@@ -43,7 +36,7 @@ _STALE_STEPS = 100
 
 
 class CenterLoss(nn.Module):
-    r"""Center loss with learnable class centers.
+    r"""Center loss with learnable class centers (Wen et al., ECCV 2016).
 
     For features :math:`x_i` with labels :math:`y_i` and class centers :math:`c_j`,
     the per-sample loss is the squared Euclidean distance to the sample's own center,
@@ -51,171 +44,30 @@ class CenterLoss(nn.Module):
     .. math::
         \ell_i = \operatorname{clamp}\big(\lVert x_i - c_{y_i} \rVert_2^2,\ 10^{-12},\ 10^{12}\big)
 
-    and ``reduction='mean'`` (default) gives :math:`L_C = \frac{1}{B}\sum_i \ell_i`.
-    The paper writes :math:`L_C = \frac{1}{2}\sum_i \lVert x_i - c_{y_i}\rVert^2` (eq. 2);
-    the factor 1/2 (and 1/B) is absorbed by the weight :math:`\lambda` of
-    :math:`L = L_S + \lambda L_C` (eq. 5). ``'mean'`` equals the popular PyTorch
-    implementation's value, which builds a B x C distance matrix, masks it with the
-    labels and clamps it: there, each of the B*(C-1) masked-out entries is clamped up to
-    1e-12, adding the constant (C-1)*1e-12 (no gradient) that this class leaves out.
+    and ``reduction='mean'`` (default) gives :math:`L_C = \frac{1}{B}\sum_i \ell_i`: the
+    popular implementation's value, less the constant :math:`(C-1) \cdot 10^{-12}` that
+    clamping its masked B x C distance matrix adds. The paper's
+    :math:`L_C = \frac{1}{2}\sum_i \lVert x_i - c_{y_i}\rVert^2` (eq. 2) differs by a
+    constant factor, which the weight :math:`\lambda` of :math:`L = L_S + \lambda L_C`
+    (eq. 5) absorbs. Distances are computed in float32 or wider (also under autocast).
 
-    Only the label's center is gathered, so forward and backward take O(B*D) time and
-    memory (the popular version: O(B*C*D) time and O(B*C) memory). Distances are computed
-    in float32 or wider: float16/bfloat16 features (e.g. under ``torch.autocast``) are
-    upcast, so large distances do not overflow; float64 stays float64. The centers keep
-    their own dtype and device: the module follows ``.to(device)`` / ``.double()``.
+    The centers are an ``nn.Parameter`` with an optimizer of their own; ``update``
+    chooses the gradient they receive:
 
-    **Center updates.** The centers are an ``nn.Parameter``; how they move is chosen by
-    ``update``:
+    * ``'grad'`` (default, as the popular implementation): the gradient of the loss,
+      :math:`\partial L_C / \partial c_j`.
+    * ``'paper'`` (Algorithm 1, eq. 4):
+      :math:`\Delta c_j = \frac{\sum_{i: y_i = j} (c_j - x_i)}{1 + n_j}`, with
+      :math:`n_j` the samples of class :math:`j` in the batch, times the factor by
+      which the loss was scaled before backward (e.g. :math:`\lambda`). After the
+      :math:`1/\lambda` rescaling below, ``SGD(lr=alpha)`` performs exactly
+      :math:`c_j \leftarrow c_j - \alpha\,\Delta c_j`, with :math:`\alpha` in [0, 1]
+      (the paper uses 0.5).
 
-    * ``'grad'`` (default, as the popular implementation): the centers receive the
-      autograd gradient of the loss, :math:`\partial L_C/\partial c_j`. Because the
-      total loss is scaled by :math:`\lambda`, training code multiplies the centers'
-      gradient by :math:`1/\lambda` before their optimizer step, so :math:`\lambda` sets
-      how hard features are pulled without changing how fast the centers move.
-    * ``'paper'``: Wen et al., Algorithm 1 and eq. 4. After ``loss.backward()`` the
-      centers' gradient is
-
-      .. math::
-          \Delta c_j = \frac{\sum_{i: y_i = j} (c_j - x_i)}{1 + n_j}
-
-      (:math:`n_j` = samples of class :math:`j` in the batch; 0 for absent classes),
-      times the factor by which the scalar loss was scaled before backward (e.g.
-      :math:`\lambda`). The same :math:`1/\lambda` rescaling followed by
-      ``SGD(lr=alpha)`` then performs exactly :math:`c_j \leftarrow c_j - \alpha\,\Delta c_j`,
-      for ``'mean'`` and ``'sum'`` alike. The :math:`1+n_j` damps the step of classes
-      with many samples in the batch, so ``alpha`` in [0, 1] never overshoots the class
-      mean. With ``reduction='none'``, each sample's term is weighted by the gradient
-      that reaches it, as for ``'sum'``.
-
-    Use ``'grad'`` to reproduce the popular implementation's results and
-    hyper-parameters (``lr_cent=0.5``); use ``'paper'`` to follow the paper, where
-    ``alpha`` (the centers' learning rate) is in [0, 1] (the paper uses 0.5).
-    In both modes the gradient with respect to the features is the ordinary one,
-    :math:`2 (x_i - c_{y_i})` times the incoming gradient.
-
-    **Initialisation.** By default the centers start from a standard normal, as in the
-    popular implementation: norm about :math:`\sqrt{D}` (22.6 at D = 512), often far
-    from the features. With ``update='paper'`` a center moves
-    :math:`\alpha\, n_j / (1 + n_j)` of the way to its batch mean each time its class
-    appears, and the start is forgotten within the first hundred steps. With
-    ``update='grad'`` and ``SGD(lr=lr_cent)`` each sample moves its center by only
-    ``2 * lr_cent / B`` of the distance (B: the batch size), so a center forgets its
-    start after about ``B / (2 * lr_cent)`` samples of its class, which take about
-    ``C / (2 * lr_cent)`` steps with C classes (``lr_cent = 0.5``: 10 steps with 10
-    classes, 1,000 with 1,000). Measured with
-    ``experiments/center_init.py`` (D = 512, 1,000 classes, B = 256, the model with Adam,
-    lambda = 0.01): after 1,000 steps, randn centers were still 1.36 class radii from
-    their class means against 0.51 when started at zeros, the held-out center loss was
-    98 against 31, and the features' intra/inter-class distance ratio 0.405 against
-    0.366 (a second randn seed: 0.403); the first batch's class means did as zeros
-    (0.52, 0.366). With ``update='paper'`` all three starts ended equal (ratio 0.341,
-    0.341, 0.341; second seed 0.340). So with many classes and ``update='grad'``, pass
-    ``init='zeros'`` (as facenet does), or use ``update='paper'``; the default stays
-    randn for drop-in compatibility.
-
-    **Optimizers.** The ``1/lambda`` rescaling above assumes a plain ``torch.optim.SGD``
-    for the centers, which is what the popular implementation and the paper use.
-
-    * SGD with momentum ``m``: SGD is linear in the gradient, so the rescaling still
-      keeps :math:`\lambda` from changing how the centers move, but their steady step
-      becomes ``lr / (1 - m)`` and they can overshoot; with ``update='paper'`` the step is no
-      longer :math:`c_j - \alpha\,\Delta c_j`. Give the centers no momentum.
-    * Adam / AdamW: Adam divides each coordinate's step by the running RMS of its
-      gradient, so the rescaling does nothing (over 20 steps the centers differ by less
-      than 1e-4 of what the rescaling changes under SGD), and neither does
-      :math:`\lambda`: each coordinate moves up to about ``lr`` per step whatever the
-      gradient's size, and ``update='paper'``'s :math:`1/(1+n_j)` is normalised away too.
-      Instead, give the centers their own plain SGD (as reid-strong-baseline: the model
-      with Adam, the centers with ``SGD(lr=0.5)``); with Adam on them, pick ``lr`` as a
-      step length in feature units and set ``weight_decay=0`` (AdamW's default 0.01
-      pulls every center, also those of classes absent from the batch, towards 0).
-    * One optimizer shared with the model: the centers inherit its momentum, weight
-      decay and schedule. Weight decay ``wd`` shrinks the centers of classes absent from
-      the batch by about ``lr * wd / (1 - m)`` per step (``SGD(lr=0.1, momentum=0.9,
-      weight_decay=5e-4)``: x0.61 in 1,000 steps), and the popular
-      ``lr_cent / (alpha * lr)`` gradient scaling is wrong as soon as a scheduler
-      changes ``lr``. Done right, the centers get a parameter group of their own, and
-      the scheduler leaves it alone; this equals the two-optimizer loop exactly::
-
-          optimizer = torch.optim.SGD([
-              {"params": model.parameters()},
-              {"params": center_loss.parameters(), "lr": lr_cent, "momentum": 0,
-               "weight_decay": 0},
-          ], lr=0.1, momentum=0.9, weight_decay=5e-4)
-          scheduler = torch.optim.lr_scheduler.LambdaLR(
-              optimizer, [lambda epoch: 0.5 ** (epoch // 20), lambda epoch: 1.0])
-          # then: loss.backward(); centers' grad *= 1 / weight_cent; optimizer.step()
-
-      (A model trained with Adam cannot hold an SGD group: use two optimizers.)
-
-    **A forgotten optimizer** is the popular implementation's most reported problem
-    ("the center loss does not decrease"). In training mode, when backward passes
-    reach the centers 100 times in a row without the centers changing (their in-place
-    version counter, which an optimizer's step bumps, then their values), the module
-    warns once (``RuntimeWarning``) that no optimizer steps them. Nothing is checked in
-    eval mode, under ``torch.no_grad()``, with frozen centers
-    (``centers.requires_grad_(False)``) or while compiling. In a correct loop the check
-    is one comparison of the version counter per call (no measurable step time:
-    ``benchmarks/README.md``); only once the centers are seen unchanged between
-    two calls does a hook on them count backward passes (and two sums over the centers
-    confirm, before warning, that they did not move through ``.data`` or a fused
-    optimizer, which leave the counter alone).
-
-    **Mixed precision.** Under ``torch.autocast`` the loss is computed in float32 (see
-    above). With a ``torch.amp.GradScaler`` and a separate center optimizer, unscale the
-    centers' gradient before the :math:`1/\lambda` rescaling and step both optimizers
-    through the scaler::
-
-        scaler = torch.amp.GradScaler("cuda")          # "cpu" works too
-        with torch.autocast("cuda", dtype=torch.float16):
-            features, logits = model(images)
-            loss = criterion(logits, labels) + weight_cent * center_loss(features, labels)
-        optimizer.zero_grad(); optimizer_centloss.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer_centloss)            # the centers' true gradient now
-        for p in center_loss.parameters():
-            p.grad.data *= 1.0 / weight_cent
-        scaler.step(optimizer); scaler.step(optimizer_centloss)
-        scaler.update()
-
-    ``optimizer_centloss.step()`` in place of ``scaler.step(optimizer_centloss)`` would
-    skip the unscaling and move the centers ``scale`` (65536 at first) times too far;
-    ``scaler.step`` also skips the centers' step when their gradient overflowed. In the
-    tests' loop the center update then equals the float32 loop's, for both update
-    rules, to 2e-4 of its size with float16 and 1.3e-3 with bfloat16 (bfloat16 needs no
-    scaler, but using one is harmless).
-
-    **torch.compile.** ``torch.compile(center_loss, fullgraph=True)`` traces the module
-    into one graph (no graph break) with the default arguments and either ``update``;
-    forward and backward equal eager's. While compiling, the label range
-    check is skipped (it needs the labels' values on the host: a graph break, and a
-    synchronisation on CUDA), and so is the forgotten-optimizer check. An out-of-range
-    label then fails inside the compiled kernel: on the CPU a ``RuntimeError`` "index
-    out of bounds" (Inductor's bounds check); on CUDA Inductor's check is a device-side
-    assert, which ends the process (not tried here). Check labels in your data pipeline,
-    or run the first epoch eagerly. ``sparse=True`` stays eager: the sparse gradient
-    cannot be traced, so ``fullgraph=True`` raises and plain ``torch.compile`` runs the
-    loss eagerly (a graph break). ``distributed=True`` has not been tried compiled.
-
-    **Distributed data parallel.** With ``distributed=True`` (create the module after
-    ``torch.distributed.init_process_group``, on every rank), each rank passes its own
-    shard of the global batch and the module keeps the centers identical everywhere:
-    the first forward broadcasts rank 0's centers; after each backward the centers'
-    gradient is averaged over the ranks, as DDP does for the model's (all-reduce of
-    C x D floats; with ``sparse=True`` an all-gather of the shards' rows, O(B*D) and
-    independent of C); with ``update='paper'`` the counts :math:`n_j` are taken over
-    the global batch (an all-gather of the B labels in forward). With equal shards
-    and a per-rank ``'mean'`` loss, every rank then holds exactly the centers (and,
-    under DDP, the model) a single process would have with the global batch. The
-    collectives use a process group of their own, so they never interleave with DDP's.
-
-    **Sparse gradients.** With ``sparse=True`` the centers' gradient is a sparse COO
-    tensor whose rows are the batch's labels (as ``nn.Embedding(sparse=True)`` gives),
-    so a step costs the same at 10^6 classes as at 10^3. It works with a plain
-    ``torch.optim.SGD`` (no momentum or weight decay) or ``torch.optim.SparseAdam`` on
-    the centers, and with ``p.grad.data *= 1 / weight_cent``. Its dense value equals
-    the dense mode's.
+    In both, the features receive the ordinary gradient :math:`2 (x_i - c_{y_i})`, and
+    the training loop multiplies the centers' gradient by :math:`1/\lambda` before
+    their step, so that :math:`\lambda` sets how hard features are pulled, not how fast
+    the centers move (see the example).
 
     Args:
         num_classes (int): number of classes C (>= 1). Default: 10.
@@ -225,26 +77,68 @@ class CenterLoss(nn.Module):
             Default: True.
         reduction (str): ``'mean'`` | ``'sum'`` | ``'none'``. Default: ``'mean'``.
         update (str): ``'grad'`` | ``'paper'``, see above. Default: ``'grad'``.
-        sparse (bool): give the centers a sparse gradient. Default: False.
-        distributed (bool): keep the centers in sync across the processes of
-            ``torch.distributed``, see above. Default: False.
+        sparse (bool): give the centers a sparse gradient, whose rows are the batch's
+            labels, for very many classes; step them with plain SGD or SparseAdam.
+            Default: False.
+        distributed (bool): keep the centers identical across the processes of
+            ``torch.distributed``: rank 0's centers are broadcast at the first forward
+            and their gradient is averaged over the ranks after each backward (with
+            ``'paper'``, :math:`n_j` counts the global batch). Create the module after
+            ``init_process_group``, on every rank. Default: False.
         init (str): the centers' start, ``'randn'`` (standard normal, as the popular
-            implementation) | ``'zeros'``; see *Initialisation* above. Default: ``'randn'``.
+            implementation) | ``'zeros'``. Default: ``'randn'``.
 
     Shape:
         - features: :math:`(B, D)`, floating point.
         - labels: :math:`(B,)`, integer, values in :math:`[0, C)`.
         - output: scalar, or :math:`(B,)` with ``reduction='none'``. An empty batch
           (B = 0) gives 0 (``'mean'``/``'sum'``) and zero gradients.
-        - ``centers``: :math:`(C, D)`, by default initialised from a standard normal
-          as in the popular implementation (whose ``state_dict`` loads into this class).
+        - ``centers``: :math:`(C, D)`; the module follows ``.to(device)`` and ``.double()``.
 
-    Errors: ``TypeError``/``ValueError`` naming the argument and the value, for
-    wrongly shaped or typed inputs, labels out of range and tensors on different
-    devices. Shape, dtype and device checks read metadata only and cost nothing. The
-    label range check reads the labels' min and max: on CUDA this is one small
-    device-to-host copy (a synchronisation) per call. It replaces an indexing error
-    that on CUDA is a device-side assert which kills the process.
+    Raises:
+        TypeError: features not a floating-point tensor, labels not an integer tensor,
+            or ``num_classes``/``feat_dim`` not an int.
+        ValueError: wrong shapes, labels outside ``[0, num_classes)``, features, labels
+            and centers on different devices, an unknown ``reduction``/``update``/
+            ``init``, ``num_classes``/``feat_dim`` < 1, or ``distributed=True`` before
+            ``torch.distributed.init_process_group()``. Messages name the argument and
+            the value.
+
+    Pitfalls:
+        - Centers without an optimizer never move; after 100 such training steps the
+          module warns once (``RuntimeWarning``).
+        - Plain SGD for the centers: momentum makes them overshoot, and Adam normalises
+          away both the :math:`1/\lambda` rescaling and eq. 4's :math:`1/(1 + n_j)`.
+        - One optimizer shared with the model: give the centers a parameter group of
+          their own with ``momentum=0, weight_decay=0``, which the scheduler leaves alone.
+        - Many classes with ``update='grad'``: the random start is forgotten slowly;
+          pass ``init='zeros'`` or use ``update='paper'``.
+        - With a ``GradScaler``: ``scaler.unscale_`` the centers' optimizer before the
+          :math:`1/\lambda` rescaling, and step it through the scaler.
+        - Under ``torch.compile`` labels are not range-checked: a bad label fails in the
+          kernel, on CUDA as a device-side assert that ends the process.
+        - On CUDA the label range check costs one small device-to-host copy per call.
+
+    Example::
+
+        >>> import torch
+        >>> from center_loss import CenterLoss
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(16, 2)              # your network, giving 2-D features
+        >>> center_loss = CenterLoss(num_classes=10, feat_dim=2, use_gpu=False)
+        >>> weight_cent, lr_cent = 1.0, 0.5             # lambda and the centers' learning rate
+        >>> opt_model = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+        >>> opt_cent = torch.optim.SGD(center_loss.parameters(), lr=lr_cent)
+        >>> x, labels = torch.randn(8, 16), torch.randint(0, 10, (8,))
+        >>> features = model(x)
+        >>> loss = weight_cent * center_loss(features, labels)  # + your softmax loss
+        >>> opt_model.zero_grad(); opt_cent.zero_grad()
+        >>> loss.backward()
+        >>> for p in center_loss.parameters():
+        ...     p.grad.data *= 1.0 / weight_cent  # lambda must not change how fast centers move
+        >>> opt_model.step(); opt_cent.step()
+        >>> center_loss.centers.shape
+        torch.Size([10, 2])
     """
 
     def __init__(self, num_classes=10, feat_dim=2, use_gpu=True, *,
@@ -294,7 +188,7 @@ class CenterLoss(nn.Module):
             labels: (B,) integer class labels in [0, num_classes).
         """
         self._check(features, labels)
-        if not torch.compiler.is_compiling():
+        if not _is_compiling():
             self._watch_for_a_missing_optimizer()
         labels = labels.long()
         # population: the labels that eq. 4's n_j counts; None means this batch's own
@@ -395,7 +289,7 @@ class CenterLoss(nn.Module):
                              f"with .to(device)")
         # Data-dependent: reading the values would break a torch.compile graph, so
         # compiled code skips it (what a bad label does then: see the class docstring).
-        if labels.numel() and not torch.compiler.is_compiling():
+        if labels.numel() and not _is_compiling():
             lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # the one sync on CUDA
             if lo < 0 or hi >= self.num_classes:
                 bad = lo if lo < 0 else hi

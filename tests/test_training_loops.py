@@ -1,6 +1,5 @@
-"""CenterLoss in the training loops people write (the recipes of center_loss.py's
-docstring): a forgotten optimizer, optimizers other than plain SGD, AMP with GradScaler,
-and torch.compile."""
+"""CenterLoss in the training loops people write (the recipes of docs/center_loss.md): a
+forgotten optimizer, optimizers other than plain SGD, AMP with GradScaler, and torch.compile."""
 import copy
 import math
 import warnings
@@ -223,7 +222,7 @@ def test_param_group_loop_equals_two_optimizers():
 # AMP: GradScaler with a separate center optimizer ---------------------------------------------
 
 def amp_loop(update, device, dtype, amp=True, unscale=True, steps=3, weight=0.1):
-    """The docstring's recipe (or the fp32 loop with amp=False); returns the centers'
+    """docs/center_loss.md's recipe (or the fp32 loop with amp=False); returns the centers'
     total update and the final scale."""
     torch.manual_seed(0)
     net = torch.nn.Linear(8, 4).to(device)
