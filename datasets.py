@@ -1,11 +1,13 @@
-"""MNIST, Fashion-MNIST and Omniglot, decoded once into tensors and served in batches.
+"""MNIST, Fashion-MNIST, Omniglot and LFW, decoded once into tensors and served in batches.
 
-A whole training set is at most 47 MB of uint8, so it lives in memory (on the GPU when
+A whole training set is at most 200 MB of uint8 (LFW's 3 x 72 x 72 face crops; the
+glyphs' at most 47 MB), so it lives in memory (on the GPU when
 training there) and batches are drawn by indexing: no per-sample decoding, no worker
 processes, and data loading never limits speed. Shuffling uses a seeded
 ``torch.Generator`` whose state goes into checkpoints, so a resumed run sees the same
 batches as one that was never interrupted.
 """
+import functools
 import hashlib
 import io
 import math
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 import torchvision
 
-__all__ = ["create", "split_classes", "DATASETS", "NAMES", "TensorLoader", "load_one_shot"]
+__all__ = ["create", "split_classes", "DATASETS", "NAMES", "TensorLoader", "load_one_shot",
+           "load_lfw", "lfw_protocol", "LFW_SPLITS"]
 
 # (torchvision class, mean, std of the training images, short class names for legends)
 DATASETS = {
@@ -33,7 +36,8 @@ RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 # Omniglot (Lake et al., Science 2015) in torchvision's layout: 30 background alphabets
 # (964 characters) to learn from, 20 evaluation alphabets (659 characters) never seen.
 OMNIGLOT = "omniglot"
-NAMES = sorted([*DATASETS, OMNIGLOT])
+LFW = "lfw"
+NAMES = sorted([*DATASETS, OMNIGLOT, LFW])
 OMNIGLOT_SPLITS = ("images_background", "images_evaluation")
 OMNIGLOT_DRAWERS, OMNIGLOT_TRAIN_DRAWERS = 20, 16  # drawers 17-20: the seen-class test
 # Lake et al.'s 20 one-shot runs, from the Omniglot repository (not in torchvision).
@@ -44,7 +48,7 @@ CACHE_VERSION = 1  # of the decoded-image cache's format and preprocessing (_dec
 
 
 class TensorLoader:
-    """Batches of normalised images (N, 1, 28, 28) float32 and labels (N,) int64.
+    """Batches of normalised images (N, C, H, W) float32 and labels (N,) int64.
 
     Like a DataLoader with ``drop_last=False``: ``len()`` is the number of batches, and
     with ``shuffle=True`` each pass draws a new permutation from ``generator``. With
@@ -53,14 +57,19 @@ class TensorLoader:
     the ranks is exactly the batch a single process would get. ``drop`` samples at the
     end of each pass are left out (set by `create` so that the last batch, too, splits
     evenly over the ranks).
+
+    ``transform(images, first, total)``, when given, maps each uint8 batch to another
+    before it is normalised (LFW's crops: `RandomCropFlip`, `center_crop`); this rank's
+    images are the `first`-th on of a global batch of `total`.
     """
 
     def __init__(self, images, labels, batch_size, mean, std, shuffle=False, generator=None,
-                 rank=0, world_size=1, drop=0):
+                 rank=0, world_size=1, drop=0, transform=None):
         self.images, self.labels = images, labels
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.shuffle, self.generator = shuffle, generator
         self.rank, self.world_size, self.drop = rank, world_size, drop
+        self.transform = transform
 
     def __len__(self):
         return math.ceil((len(self.labels) - self.drop) / self.batch_size)
@@ -77,13 +86,54 @@ class TensorLoader:
                 images, labels = self.images[idx], self.labels[idx]
             else:
                 images, labels = self.images[lo:hi], self.labels[lo:hi]
+            if self.transform is not None:  # knows where this rank's part of the batch lies
+                images = self.transform(images, lo - start, min(start + self.batch_size, n) - start)
             yield normalise(images, self.mean, self.std), labels
 
 
 def normalise(images, mean, std):
-    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32, as ToTensor() + Normalize((mean,),
-    (std,)) of the popular script."""
-    return (images.unsqueeze(1).float() / 255 - mean) / std
+    """uint8 glyphs (N, 28, 28) -> (N, 1, 28, 28) float32, as ToTensor() + Normalize((mean,),
+    (std,)) of the popular script; colour images (N, C, H, W) with per-channel `mean` and
+    `std` (sequences of C floats) -> (N, C, H, W) float32."""
+    if images.dim() == 3:
+        return (images.unsqueeze(1).float() / 255 - mean) / std
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+                 for v in (mean, std))
+    return (images.float() / 255 - mean) / std
+
+
+class RandomCropFlip:
+    """Training augmentation of a uint8 batch (N, C, H, W): each image's own random
+    `size` x `size` crop, mirrored left-right with probability 1/2, drawn from `generator`
+    (the loader's, whose state checkpoints keep: a resumed run sees the same crops). The
+    draws are made for the whole global batch of `total` and this rank takes its part
+    from `first` on, so that torchrun crops exactly as one process. One gather does both,
+    on the batch's device."""
+
+    def __init__(self, size, generator):
+        self.size, self.generator = size, generator
+
+    def __call__(self, images, first=0, total=None):
+        n, _, h, w = images.shape
+        total, g, part = total or n, self.generator, slice(first, first + n)
+        top = torch.randint(h - self.size + 1, (total,), generator=g)[part]
+        left = torch.randint(w - self.size + 1, (total,), generator=g)[part]
+        flip = (torch.rand(total, generator=g) < 0.5)[part]
+        steps = torch.arange(self.size)
+        cols = torch.where(flip.unsqueeze(1), steps.flip(0), steps)  # mirrored: right to left
+        rows = (top.unsqueeze(1) + steps).to(images.device)
+        cols = (left.unsqueeze(1) + cols).to(images.device)
+        idx = torch.arange(n, device=images.device)
+        out = images[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, S, S, C)
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
+def center_crop(size):
+    """The test-time crop: the middle `size` x `size` of each image of a batch."""
+    def crop(images, first=0, total=None):
+        top, left = (images.shape[2] - size) // 2, (images.shape[3] - size) // 2
+        return images[:, :, top:top + size, left:left + size]
+    return crop
 
 
 def _shard(start, stop, rank, world_size):
@@ -95,7 +145,7 @@ def _shard(start, stop, rank, world_size):
 
 class Dataset:
     def __init__(self, trainloader, testloader, classes, generator, num_seen=None,
-                 unseen_name="", files=None, one_shot=None):
+                 unseen_name="", files=None, one_shot=None, lfw=None):
         self.trainloader, self.testloader = trainloader, testloader
         # classes: names of the training classes (labels 0..num_seen-1), then of the
         # held-out ones, which only the test set has (labels num_seen..).
@@ -105,6 +155,10 @@ class Dataset:
         self.unseen_name = unseen_name  # how the log names the unseen classes
         self.files = files  # the test samples' source files (Omniglot), else None
         self.one_shot = one_shot  # Omniglot: Lake et al.'s 20 runs (see load_one_shot)
+        # LFW: the protocol's pairs, as indices into the test set: pairs (P, 2) and same
+        # (P,) to test, threshold_pairs and threshold_same to choose the threshold on (the
+        # first num_threshold_images test images, of trained people); trained_people.
+        self.lfw = lfw
 
     @property
     def open_set(self):
@@ -150,7 +204,8 @@ def _check_idx_files(folder):
 
 
 def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
-           rank=0, world_size=1, device=None, holdout=(), train_classes=None):
+           rank=0, world_size=1, device=None, holdout=(), train_classes=None,
+           lfw_split="view1", lfw_min_images=1):
     """Load dataset `name` (one of DATASETS) with torchvision, downloading it to `root`
     when missing. `num_workers` is accepted for compatibility with the popular script
     and unused: batches are drawn from memory. `batch_size` is the global batch; with
@@ -165,14 +220,26 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
     Omniglot (`name` 'omniglot', see `load_omniglot`) has its own unseen classes, the
     evaluation alphabets; `train_classes` K trains on a random K of its 964 background
     characters, drawn with `seed`.
+
+    LFW (`name` 'lfw', see `load_lfw`) trains and tests by its protocol split
+    `lfw_split`; training batches are cropped at random and mirrored (`RandomCropFlip`),
+    test batches cropped in the middle, both to 64 x 64.
     """
     if name not in NAMES:
         raise ValueError(f"dataset must be one of {NAMES}, got {name!r}")
     device = device or ("cuda" if use_gpu else "cpu")
     generator = torch.Generator().manual_seed(seed)
     _check_divisible(batch_size, world_size)
-    if name == OMNIGLOT:
-        o = load_omniglot(root, train_classes, seed)
+    transforms = (None, None)
+    if name in (OMNIGLOT, LFW):
+        if name == OMNIGLOT:
+            o = load_omniglot(root, train_classes, seed)
+        else:
+            if train_classes is not None or holdout:
+                raise ValueError("LFW's protocol files say who is trained on: no "
+                                 "--train-classes or --holdout-classes")
+            o = load_lfw(root, lfw_split, lfw_min_images)
+            transforms = (RandomCropFlip(LFW_INPUT, generator), center_crop(LFW_INPUT))
         train, test = (o["train"], o["test"])
         mean, std = o["mean"], o["std"]
         classes, num_seen, extra = o["classes"], o["num_seen"], o["extra"]
@@ -199,12 +266,14 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
     # different few each epoch as the order is reshuffled.
     drop = len(labels) % batch_size % world_size
     trainloader = TensorLoader(images, labels, batch_size, mean, std, shuffle=True,
-                               generator=generator, rank=rank, world_size=world_size, drop=drop)
+                               generator=generator, rank=rank, world_size=world_size, drop=drop,
+                               transform=transforms[0])
     # Each rank tests one contiguous block, so that gathering the ranks' features in rank
     # order gives the test set in its own order (pairs index into it).
     images, labels = (t.to(device) for t in test)
     lo, hi = _shard(0, len(labels), rank, world_size)
-    testloader = TensorLoader(images[lo:hi], labels[lo:hi], batch_size, mean, std)
+    testloader = TensorLoader(images[lo:hi], labels[lo:hi], batch_size, mean, std,
+                              transform=transforms[1])
     return Dataset(trainloader, testloader, classes, generator, num_seen=num_seen, **extra)
 
 
@@ -301,13 +370,14 @@ def cache_dir():
     return os.path.join(base, "center_loss")
 
 
-def _cache_file(parent):
-    # One file per data folder; decoded pixels also depend on Pillow's resize, so a new
-    # Pillow starts a new cache rather than mixing two resamplers' images.
+def _cache_file(parent, kind="omniglot28"):
+    # One file per data folder and kind of image (DECODERS); decoded pixels also depend
+    # on Pillow's resize, so a new Pillow starts a new cache rather than mixing two
+    # resamplers' images.
     import PIL
     key = hashlib.sha1(f"{os.path.realpath(parent)}|{PIL.__version__}|{CACHE_VERSION}".encode())
     folder = cache_dir()
-    return os.path.join(folder, f"omniglot28-{key.hexdigest()[:16]}.pt") if folder else None
+    return os.path.join(folder, f"{kind}-{key.hexdigest()[:16]}.pt") if folder else None
 
 
 def _read_cache(path):
@@ -360,12 +430,13 @@ def _read_chunks(paths, size):
         yield [(p, read(p)) for p in paths[i:i + size]]
 
 
-def _decode_chunk(chunk):
-    return np.stack([_decode(path if data is None else io.BytesIO(data), path)
+def _decode_chunk(chunk, kind="omniglot28"):
+    decode = DECODERS[kind][0]
+    return np.stack([decode(path if data is None else io.BytesIO(data), path)
                      for path, data in chunk])
 
 
-def _decode_many(paths):
+def _decode_many(paths, kind="omniglot28"):
     """uint8 (N, 28, 28): the PNGs at `paths`, read here and decoded in one process per CPU
     (at most 8) on Linux. Pillow holds the GIL for most of a PNG, so threads do not help
     (two decoded the 32,460 images in 13.8 s against 5.5-6.0 s for one thread), while
@@ -376,20 +447,22 @@ def _decode_many(paths):
     workers = min(8, len(os.sched_getaffinity(0))) if linux else 1
     # A few hundred files a task; at least four tasks a worker, so that they end together.
     chunks = _read_chunks(paths, max(1, min(256, math.ceil(len(paths) / (4 * workers)))))
+    decode = functools.partial(_decode_chunk, kind=kind)
     if workers < 2 or len(paths) < DECODE_POOL_MIN_FILES:
-        decoded = list(map(_decode_chunk, chunks))
+        decoded = list(map(decode, chunks))
     else:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            decoded = list(pool.imap(_decode_chunk, chunks))  # re-raises _decode's error
-    return np.concatenate(decoded) if decoded else np.empty((0, 28, 28), np.uint8)
+            decoded = list(pool.imap(decode, chunks))  # re-raises the decoder's error
+    return np.concatenate(decoded) if decoded else np.empty((0, *DECODERS[kind][1]), np.uint8)
 
 
-def _decode_all(parent, paths):
-    """The images of `paths` (relative to `parent`), uint8 (N, 28, 28): from the cache
+def _decode_all(parent, paths, kind="omniglot28"):
+    """The images of `paths` (relative to `parent`), uint8 (N, *shape) as DECODERS[kind]
+    makes them (Omniglot's (N, 28, 28) by default): from the cache
     (`cache_dir`) where a file's size and modification time are those it was decoded
     with, else decoded, and the cache updated. Cold, reading 32,460 small files is slow
     on its own; one cache file is not (benchmarks/README.md, "An Omniglot evaluation")."""
-    cache = _cache_file(parent)
+    cache = _cache_file(parent, kind)
     entries = _read_cache(cache) if cache else {}
     misses = []
     for p in paths:
@@ -397,14 +470,15 @@ def _decode_all(parent, paths):
         hit = entries.get(p)
         if hit is None or stat is None or hit[:2] != stat:
             misses.append((p, stat))
-    decoded = _decode_many([os.path.join(parent, p) for p, _ in misses])  # names a missing file
+    # _decode_many names a missing file
+    decoded = _decode_many([os.path.join(parent, p) for p, _ in misses], kind)
     for (p, stat), image in zip(misses, torch.from_numpy(decoded)):
         entries[p] = (*stat, image)
     images = [entries[p][2] for p in paths]
     if misses and cache:
         _write_cache(cache, entries)
     if not images:
-        return torch.empty(0, 28, 28, dtype=torch.uint8)
+        return torch.empty(0, *DECODERS[kind][1], dtype=torch.uint8)
     return torch.stack(images)
 
 
@@ -524,3 +598,293 @@ def load_one_shot(root):
             "queries": torch.from_numpy(np.stack(queries)),
             "answers": torch.tensor(answers), "support_files": support_files,
             "query_files": query_files}
+
+
+# ----------------------------------------------------------------------------- LFW
+
+# Labeled Faces in the Wild (Huang et al. 2007), deep-funneled (Huang et al., NIPS 2012), in
+# torchvision's layout: root/lfw-py/lfw-deepfunneled/<Name>/<Name>_NNNN.jpg and the protocol
+# files beside it, checked by the MD5s torchvision's datasets/lfw.py lists.
+LFW_MD5 = {"pairs.txt": "9f1ba174e4e1c508ff7cdf10ac338a7d",
+           "pairsDevTest.txt": "5132f7440eb68cf58910c8a45a2ac10b",
+           "pairsDevTrain.txt": "4f27cbf15b2da4a85c1907eb4181ad21",
+           "people.txt": "450f0863dd89e85e73936a6d71a3474b",
+           "peopleDevTest.txt": "e4bf5be0a43b5dcd9dc5ccfcb8fb19c5",
+           "peopleDevTrain.txt": "54eaac34beb6d042ed3a7d883e247a21"}
+LFW_FOLDS = 10
+# view1: train on peopleDevTrain, test pairsDevTest (for choosing settings); foldK: View 2,
+# train on the people of the other nine sets of people.txt, test fold K of pairs.txt.
+LFW_SPLITS = ["view1"] + [f"fold{k}" for k in range(1, LFW_FOLDS + 1)]
+# The face crop (docs/lfw.md). The deep-funneled faces are aligned: in the mean of 1,000
+# images the eyes sit at y ~105 of 250, the mouth at ~155, hairline ~60, chin ~180, centred
+# on x = 125. The network sees the middle 128 x 128 px at half resolution (64 x 64), the
+# face from hairline to chin; the cache keeps the middle 144 px (72 x 72), so that training
+# crops 64 x 64 at random, up to 8 px of the original off centre.
+LFW_DECODED = 125  # JPEG decoded at half scale: DCT scaling, 2x faster than full size
+LFW_STORED, LFW_INPUT = 72, 64
+LFW_URL = "https://vis-www.cs.umass.edu/lfw/"
+
+
+def _decode_face(source, name):
+    """One deep-funneled LFW image (250 x 250 JPEG) as uint8 (3, 72, 72): decoded at half
+    scale and cropped to its middle 72 x 72, that is the middle 144 x 144 px of the
+    original. `name` names the file in the ValueError for a truncated or undecodable one."""
+    try:
+        from PIL import Image
+        with Image.open(source) as im:
+            im.draft("RGB", (LFW_DECODED, LFW_DECODED))  # JPEG only: decodes at 1/2 scale
+            im = im.convert("RGB")
+            if im.size != (LFW_DECODED, LFW_DECODED):
+                im = im.resize((LFW_DECODED, LFW_DECODED), Image.Resampling.BILINEAR)
+            lo = (LFW_DECODED - LFW_STORED) // 2
+            face = np.asarray(im.crop((lo, lo, lo + LFW_STORED, lo + LFW_STORED)), np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{name}: cannot decode this JPEG ({e}); replace the file with "
+                         f"the one of the LFW download") from None
+    return np.ascontiguousarray(face.transpose(2, 0, 1))
+
+
+# kind of cached image: (decoder, shape of one image); the decoders are looked up when
+# called, so that a test can stand in for one
+DECODERS = {"omniglot28": (lambda source, name: _decode(source, name), (28, 28)),
+            "lfw72": (lambda source, name: _decode_face(source, name),
+                      (3, LFW_STORED, LFW_STORED))}
+
+
+def _lfw_folder(root):
+    folder = os.path.join(os.path.abspath(root), "lfw-py")
+    images = os.path.join(folder, "lfw-deepfunneled")
+    if not os.path.isdir(images):
+        raise FileNotFoundError(
+            f"no LFW images in {images}: torchvision no longer downloads LFW; download the "
+            f"deep-funneled images (lfw-deepfunneled.tgz) and the protocol files (pairs.txt, "
+            f"people.txt, pairsDevTrain.txt, pairsDevTest.txt, peopleDevTrain.txt, "
+            f"peopleDevTest.txt) from {LFW_URL}, extract them into {folder}, or pass "
+            f"--data-root to the folder that holds lfw-py/")
+    return folder
+
+
+def _lfw_lines(folder, name, md5s):
+    """The lines of protocol file `name`, its MD5 checked against md5s[name] (if listed)."""
+    path = os.path.join(folder, name)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        raise FileNotFoundError(f"LFW's protocol file {path} is missing: download {name} "
+                                f"from {LFW_URL} into {folder}") from None
+    want = md5s.get(name)
+    if want is not None and hashlib.md5(data).hexdigest() != want:
+        raise ValueError(f"{path} has MD5 {hashlib.md5(data).hexdigest()}, not {want} "
+                         f"(torchvision's): it is damaged or another version; download "
+                         f"{name} again from {LFW_URL}")
+    return data.decode("utf-8", errors="replace").splitlines()
+
+
+def _ints(fields, path, number):
+    try:
+        return [int(f) for f in fields]
+    except ValueError:
+        raise ValueError(f"{path}, line {number}: expected numbers, got "
+                         f"{' '.join(fields)!r}") from None
+
+
+def _parse_people(lines, path):
+    """People files as [[(name, images)] per set]. peopleDevTrain/Test.txt: a count, then
+    that many 'Name<TAB>N' lines (one set); people.txt: the number of sets, then for each
+    its count and lines."""
+    rows = [(i + 1, line.split()) for i, line in enumerate(lines) if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} is empty")
+    if len(rows[0][1]) != 1:
+        raise ValueError(f"{path}, line 1: expected a count, got {' '.join(rows[0][1])!r}")
+    first = _ints(rows[0][1], path, 1)[0]
+    # A Dev file's first line counts people; people.txt's counts sets, each led by a count.
+    single = len(rows) == first + 1
+    sets, at = [], 1
+    for _ in range(1 if single else first):
+        if single:
+            size = first
+        else:
+            if at >= len(rows) or len(rows[at][1]) != 1:
+                raise ValueError(f"{path}, line {rows[min(at, len(rows) - 1)][0]}: expected "
+                                 f"the number of people of set {len(sets) + 1}")
+            size = _ints(rows[at][1], path, rows[at][0])[0]
+            at += 1
+        people = []
+        for number, fields in rows[at:at + size]:
+            if len(fields) != 2:
+                raise ValueError(f"{path}, line {number}: expected 'Name<TAB>images', got "
+                                 f"{' '.join(fields)!r}")
+            people.append((fields[0], _ints(fields[1:], path, number)[0]))
+        if len(people) != size:
+            raise ValueError(f"{path}: set {len(sets) + 1} promises {size} people, "
+                             f"the file ends after {len(people)}")
+        sets.append(people)
+        at += size
+    if at != len(rows):
+        raise ValueError(f"{path}, line {rows[at][0]}: more lines than its counts promise")
+    return sets
+
+
+def _parse_pairs(lines, path):
+    """Pairs files as [[((name, number), (name, number), same)] per fold]. The first line
+    is 'N' (pairsDevTrain/Test.txt: one fold) or 'folds<TAB>N' (pairs.txt); each fold has N
+    matched lines 'Name<TAB>i<TAB>j', then N mismatched lines 'Name<TAB>i<TAB>Other<TAB>j'."""
+    rows = [(i + 1, line.split()) for i, line in enumerate(lines) if line.strip()]
+    if not rows or len(rows[0][1]) not in (1, 2):
+        raise ValueError(f"{path}, line 1: expected 'pairs' or 'folds pairs'")
+    head = _ints(rows[0][1], path, 1)
+    folds, n = (1, head[0]) if len(head) == 1 else head
+    if len(rows) != 1 + folds * 2 * n:
+        raise ValueError(f"{path}: its first line promises {folds} x {2 * n} pairs, it has "
+                         f"{len(rows) - 1} lines")
+    out = []
+    for k in range(folds):
+        fold = []
+        for j, (number, f) in enumerate(rows[1 + 2 * n * k:1 + 2 * n * (k + 1)]):
+            matched = j < n
+            if len(f) != (3 if matched else 4):
+                kind, form = (("matched", "Name i j") if matched
+                              else ("mismatched", "Name i Other j"))
+                raise ValueError(f"{path}, line {number}: a {kind} pair must be '{form}', "
+                                 f"got {' '.join(f)!r}")
+            if matched:
+                i, jj = _ints(f[1:], path, number)
+                fold.append(((f[0], i), (f[0], jj), True))
+            else:
+                i, jj = _ints([f[1], f[3]], path, number)
+                fold.append(((f[0], i), (f[2], jj), False))
+        out.append(fold)
+    return out
+
+
+def lfw_protocol(root, split, md5s=None):
+    """Who trains and what is tested in LFW split `split` (one of LFW_SPLITS), by the
+    protocol files (Huang & Learned-Miller, UM-CS-2014-003):
+
+    - view1: train on peopleDevTrain.txt, test the pairs of pairsDevTest.txt, whose
+      people are those of peopleDevTest.txt; the verification threshold is chosen on
+      pairsDevTrain.txt (trained people only).
+    - foldK: train on the people of the nine sets of people.txt other than set K; test
+      fold K of pairs.txt (people of set K); the threshold is chosen on the other nine
+      folds of pairs.txt (trained people only).
+
+    Returns a dict: train_people and test_people ([(name, images)]), test_pairs and
+    threshold_pairs ([((name, i), (name, j), same)]). ValueError for a split out of
+    range, a file whose MD5 differs from md5s ({file: MD5}; default LFW_MD5, {} checks
+    nothing), a malformed line, a pair
+    of an image its person does not have, or a test person among the training people.
+    """
+    if split not in LFW_SPLITS:
+        raise ValueError(f"--lfw-split must be view1 or fold1 ... fold{LFW_FOLDS}, got {split!r}")
+    folder = _lfw_folder(root)
+    md5s = LFW_MD5 if md5s is None else md5s
+
+    def read(name, parse):
+        return parse(_lfw_lines(folder, name, md5s), os.path.join(folder, name))
+
+    if split == "view1":
+        train = read("peopleDevTrain.txt", _parse_people)[0]
+        test = read("peopleDevTest.txt", _parse_people)[0]
+        test_pairs = read("pairsDevTest.txt", _parse_pairs)[0]
+        threshold_pairs = read("pairsDevTrain.txt", _parse_pairs)[0]
+    else:
+        k = int(split[4:]) - 1
+        sets, folds = read("people.txt", _parse_people), read("pairs.txt", _parse_pairs)
+        if len(sets) != LFW_FOLDS or len(folds) != LFW_FOLDS:
+            raise ValueError(f"people.txt and pairs.txt must hold {LFW_FOLDS} sets and "
+                             f"folds, got {len(sets)} and {len(folds)}")
+        train = [p for j, s in enumerate(sets) if j != k for p in s]
+        test, test_pairs = sets[k], folds[k]
+        threshold_pairs = [p for j, f in enumerate(folds) if j != k for p in f]
+    trained = dict(train)
+    both = sorted(set(trained) & {name for name, _ in test})
+    if both:
+        raise ValueError(f"LFW {split}: {len(both)} test people are among the training "
+                         f"people ({', '.join(both[:3])}{' ...' if len(both) > 3 else ''}): "
+                         f"the protocol files contradict each other")
+    for pairs, people, what in ((test_pairs, dict(test), "test"),
+                                (threshold_pairs, trained, "training")):
+        for a, b, _ in pairs:
+            for name, number in (a, b):
+                if not 1 <= number <= people.get(name, 0):
+                    raise ValueError(f"LFW {split}: a {what} pair names {name}_{number:04d}, "
+                                     f"not an image of the {what} people")
+    return {"train_people": train, "test_people": test, "test_pairs": test_pairs,
+            "threshold_pairs": threshold_pairs}
+
+
+def _lfw_file(name, number):
+    return f"{name}/{name}_{number:04d}.jpg"
+
+
+def _channel_stats(images):
+    """Per-channel mean and standard deviation (n - 1) of uint8 images (N, C, H, W) in
+    [0, 1], exact: from each channel's histogram of the 256 values, which is faster than
+    converting 150 M pixels to float64 (and needs no 1.2 GB for them)."""
+    mean, std = [], []
+    values = torch.arange(256, dtype=torch.float64) / 255
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+        n = counts.sum()
+        m = (counts * values).sum() / n
+        var = (counts * (values - m) ** 2).sum() / (n - 1)
+        mean.append(m.item())
+        std.append(var.sqrt().item())
+    return mean, std
+
+
+def load_lfw(root, split="view1", min_images=1, md5s=None):
+    """LFW split `split` (see `lfw_protocol`) as uint8 (N, 3, 72, 72) face crops:
+
+    - train: the images of the training people with at least `min_images` images, the
+      softmax classes (labels 0..K-1, people in the protocol file's order);
+    - test: first the images of the threshold pairs (trained people: their class label,
+      or a label from K + T on for a person with fewer than `min_images`), then every
+      image of the T test people (labels K..K+T-1).
+
+    Returns a dict: train, test (images, labels), mean and std (per channel, of the
+    training images), classes (the K trained people, then the T test people), num_seen
+    (K), and extra (Dataset's unseen_name, files: each test image's 'Name_NNNN', lfw: the
+    protocol's pairs as indices into the test set, see `Dataset.lfw`).
+    """
+    if not isinstance(min_images, int) or min_images < 1:
+        raise ValueError(f"--lfw-min-images must be a positive integer, got {min_images!r}")
+    p = lfw_protocol(root, split, md5s)
+    classes = [(n, c) for n, c in p["train_people"] if c >= min_images]
+    if len(classes) < 2:
+        raise ValueError(f"LFW {split}: {len(classes)} training people have {min_images} "
+                         f"or more images; at least 2 are needed")
+    label = {n: j for j, (n, _) in enumerate(classes)}
+    k, t = len(classes), len(p["test_people"])
+    label.update({n: k + j for j, (n, _) in enumerate(p["test_people"])})
+    for n, _ in p["train_people"]:  # threshold-pair people who are no class
+        label.setdefault(n, len(label))
+    train_files = [(n, i) for n, c in classes for i in range(1, c + 1)]
+    threshold_files = sorted({im for a, b, _ in p["threshold_pairs"] for im in (a, b)})
+    test_files = [(n, i) for n, c in p["test_people"] for i in range(1, c + 1)]
+    files = threshold_files + test_files
+    where = {f: j for j, f in enumerate(files)}
+
+    def indices(pairs):
+        return (torch.tensor([[where[a], where[b]] for a, b, _ in pairs]).view(-1, 2),
+                torch.tensor([same for _, _, same in pairs], dtype=torch.bool))
+
+    parent = os.path.join(_lfw_folder(root), "lfw-deepfunneled")
+    images = _decode_all(parent, [_lfw_file(*f) for f in train_files + files], "lfw72")
+    train_images, test_images = images[:len(train_files)], images[len(train_files):]
+    mean, std = _channel_stats(train_images)
+    pairs, same = indices(p["test_pairs"])
+    threshold_pairs, threshold_same = indices(p["threshold_pairs"])
+    lfw = {"split": split, "pairs": pairs, "same": same, "threshold_pairs": threshold_pairs,
+           "threshold_same": threshold_same, "num_threshold_images": len(threshold_files),
+           "trained_people": [n for n, _ in classes],
+           "people_not_classes": [n for n, c in p["train_people"] if c < min_images]}
+    return {"train": (train_images, torch.tensor([label[n] for n, _ in train_files])),
+            "test": (test_images, torch.tensor([label[n] for n, _ in files])),
+            "mean": mean, "std": std,
+            "classes": [n for n, _ in classes] + [n for n, _ in p["test_people"]],
+            "num_seen": k,
+            "extra": dict(unseen_name=f"LFW {split} test people ({t})",
+                          files=[f"{n}_{i:04d}" for n, i in files], lfw=lfw)}

@@ -13,6 +13,9 @@ measures features the way that field does, for any (N, D) features and (N,) labe
 * **All-pairs verification** (``all_pairs_tar_at_far``): TAR at low FARs over *every*
   pair of a test set, the 1:1 protocol of IJB-style face benchmarks; 3,000 sampled
   impostor pairs cannot resolve a FAR of 1e-4, 86.8 M pairs can.
+* **Protocol verification** (``protocol_verification``): given pairs, as LFW's own
+  ``pairs.txt``, with the threshold chosen on *other* pairs (of the people trained on),
+  never on the pairs tested; ``standard_error`` for the mean over LFW's 10 folds.
 * **One-shot classification** (``one_shot_error``): Lake et al.'s Omniglot task
   (Science 2015), each query given the class of its nearest support image.
 
@@ -42,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["retrieval_metrics", "verification_pairs", "verification_metrics",
-           "all_pairs_tar_at_far", "one_shot_error"]
+           "protocol_verification", "standard_error", "all_pairs_tar_at_far", "one_shot_error"]
 
 METRICS = ("cosine", "euclidean")
 # Elements of one block of the query-by-sample similarity matrix (float64: 64 MiB).
@@ -282,6 +285,75 @@ def verification_metrics(features, labels, pairs, metric="cosine", folds=10, far
     return {"accuracy": accs.mean().item(), "accuracy_std": accs.std(unbiased=False).item(),
             "auc": _auc(scores, same), "tar_at_far": _tar_at_far(scores, same, far),
             "far": float(far), "fpr": fpr, "tpr": tpr}
+
+
+def _check_pairs(pairs, same, n, name):
+    if (not isinstance(pairs, torch.Tensor) or pairs.dim() != 2 or pairs.shape[1] != 2
+            or pairs.is_floating_point()):
+        raise ValueError(f"{name} must be an integer tensor (P, 2), got {_describe(pairs)}")
+    if (not isinstance(same, torch.Tensor) or same.shape != pairs.shape[:1]
+            or same.dtype != torch.bool):
+        raise ValueError(f"{name}'s same must be a bool tensor ({len(pairs)},), got "
+                         f"{_describe(same)}")
+    if len(pairs) and not 0 <= int(pairs.min()) <= int(pairs.max()) < n:
+        raise ValueError(f"{name} must index the {n} features, got indices from "
+                         f"{int(pairs.min())} to {int(pairs.max())}")
+    if same.all() or not same.any():
+        raise ValueError(f"{name} must hold both same-class and different-class pairs")
+
+
+def _pair_scores(x, pairs, metric):
+    a, b = x[pairs[:, 0].to(x.device)], x[pairs[:, 1].to(x.device)]
+    return ((a * b).sum(1) if metric == "cosine" else -(a - b).norm(dim=1)).cpu()
+
+
+def protocol_verification(features, pairs, same, threshold_pairs, threshold_same,
+                          metric="cosine", far=1e-3):
+    """Verification of given pairs with a threshold chosen on other pairs: LFW's protocol,
+    where fold k's threshold may not look at fold k (Huang & Learned-Miller,
+    UM-CS-2014-003). A pair's score is its cosine similarity (or minus its L2 distance);
+    the threshold is the one that maximises the accuracy of "same if score > t" on
+    `threshold_pairs` (the lowest of equally good ones), and is applied to `pairs`.
+
+    Args:
+        features: (N, D) floating point tensor.
+        pairs, same: (P, 2) integer indices into `features` and (P,) bool, the pairs tested.
+        threshold_pairs, threshold_same: the same for the pairs the threshold is chosen on.
+        metric: ``'cosine'`` (default) or ``'euclidean'``.
+        far: false accept rate for ``tar_at_far`` on `pairs` (default 1e-3).
+
+    Returns:
+        dict with ``accuracy`` on `pairs`, ``threshold``, ``threshold_accuracy`` (on
+        `threshold_pairs`), ``auc`` and ``tar_at_far`` of `pairs` (threshold-free), ``far``,
+        and the ROC of `pairs` (``fpr``, ``tpr``).
+    """
+    if (not isinstance(features, torch.Tensor) or features.dim() != 2
+            or not features.is_floating_point()):
+        raise ValueError(f"features must be a floating point tensor (N, D), got "
+                         f"{_describe(features)}")
+    _check_pairs(pairs, same, len(features), "pairs")
+    _check_pairs(threshold_pairs, threshold_same, len(features), "threshold_pairs")
+    if not (isinstance(far, (int, float)) and 0 <= far <= 1):
+        raise ValueError(f"far must be a number in [0, 1], got {far!r}")
+    x = _prepare(features, metric)
+    scores, chosen_on = _pair_scores(x, pairs, metric), _pair_scores(x, threshold_pairs, metric)
+    same, threshold_same = same.cpu(), threshold_same.cpu()
+    t = _best_threshold(chosen_on, threshold_same)  # never sees `pairs`
+    fpr, tpr = _roc(scores, same)
+    return {"accuracy": ((scores > t) == same).double().mean().item(),
+            "threshold": t.item(),
+            "threshold_accuracy": ((chosen_on > t) == threshold_same).double().mean().item(),
+            "auc": _auc(scores, same), "tar_at_far": _tar_at_far(scores, same, far),
+            "far": float(far), "fpr": fpr, "tpr": tpr}
+
+
+def standard_error(values):
+    """(mean, standard error of the mean) of per-fold figures, as LFW's results page
+    reports them: the sample standard deviation (n - 1) over the square root of n."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.dim() != 1 or len(v) < 2:
+        raise ValueError(f"values must be a 1-D sequence of at least 2 numbers, got {values!r}")
+    return v.mean().item(), (v.std(unbiased=True) / math.sqrt(len(v))).item()
 
 
 def _best_threshold(scores, same):

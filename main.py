@@ -7,6 +7,7 @@
     python main.py --holdout-classes 6,7,8,9 --plot  # open set: 4 classes never trained on
     python main.py --evaluate --resume log/checkpoint.pth.tar   # evaluate, train nothing
     python main.py -d omniglot --feat-dim 128 --optimizer adam  # 964 characters, 659 unseen
+    python main.py -d lfw --lfw-split view1 ...                 # faces: README.md's command
 
 Same flags, defaults, training and console output as KaiyangZhou/pytorch-center-loss,
 plus checkpoints, resuming, the paper's center update, feature statistics and GIFs, and
@@ -85,6 +86,14 @@ def get_parser():
     p.add_argument("--train-classes", type=positive_int, default=None, metavar="K",
                    help="omniglot: train on K of its 964 background characters, drawn with "
                         "--seed (none: all 964); the unseen test stays the 659 evaluation ones")
+    p.add_argument("--lfw-split", type=str, default="view1", choices=datasets.LFW_SPLITS,
+                   metavar="SPLIT",
+                   help="lfw: view1 (train on peopleDevTrain, test pairsDevTest: for choosing "
+                        "settings) or fold1 ... fold10 (View 2: train on the other nine sets "
+                        "of people.txt, test that fold of pairs.txt)")
+    p.add_argument("--lfw-min-images", type=positive_int, default=1, metavar="N",
+                   help="lfw: the training people with at least N images are the softmax "
+                        "classes (1: all of them, as the protocol's training data)")
     # optimization
     p.add_argument("--lr-model", type=nonneg_float, default=0.001, help="learning rate for model")
     p.add_argument("--optimizer", type=str, default="sgd", choices=["sgd", "adam"],
@@ -100,10 +109,20 @@ def get_parser():
     p.add_argument("--stepsize", type=nonneg_int, default=20, help="lr decay period; 0: no decay")
     p.add_argument("--gamma", type=positive_float, default=0.5, help="learning rate decay")
     # model
-    p.add_argument("--model", type=str, default="cnn", choices=sorted(models.MODELS),
-                   help="cnn: LeNet++")
-    p.add_argument("--feat-dim", type=positive_int, default=2,
-                   help="feature dimension; plots show a 2-D projection when > 2")
+    p.add_argument("--model", type=str, default=None, choices=sorted(models.MODELS),
+                   help="cnn: LeNet++, for the 28 x 28 glyphs (the default); resnet10, "
+                        "resnet18: residual networks for LFW's 64 x 64 faces (resnet10 the "
+                        "default with -d lfw)")
+    p.add_argument("--feat-dim", type=positive_int, default=None,
+                   help="feature dimension (default 2; 512 with -d lfw, as the paper); plots "
+                        "show a 2-D projection when > 2")
+    p.add_argument("--head", type=str, default="softmax", choices=models.HEADS,
+                   help="the classifier and its loss: softmax (linear + cross entropy), or "
+                        "cosface (normalised, with --margin and --scale)")
+    p.add_argument("--margin", type=nonneg_float, default=0.35,
+                   help="cosface: the margin m subtracted from the target cosine")
+    p.add_argument("--scale", type=positive_float, default=64.0,
+                   help="cosface: the scale s of the cosines")
     # misc
     p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N epochs (and at the end)")
     p.add_argument("--print-freq", type=positive_int, default=50,
@@ -133,10 +152,12 @@ def get_parser():
 def parse_holdout(text, dataset):
     """The class indices named in --holdout-classes (indices or the dataset's class
     names, case-insensitive), sorted; ValueError for people otherwise."""
-    if dataset == datasets.OMNIGLOT:
+    if dataset in (datasets.OMNIGLOT, datasets.LFW):
         if text.strip():
             raise ValueError(f"--holdout-classes {text}: {dataset} has its own unseen classes, "
-                             f"the 659 characters of its evaluation alphabets")
+                             + ("the 659 characters of its evaluation alphabets"
+                                if dataset == datasets.OMNIGLOT else
+                                "the test people of its protocol (--lfw-split)"))
         return []
     names = datasets.DATASETS[dataset][3]
     lookup = {name.lower(): j for j, name in enumerate(names)}
@@ -240,7 +261,10 @@ def test(model, dataset, args):
     for data, labels in dataset.testloader:
         features, outputs = forward(model, data, args)
         all_correct.append((outputs.argmax(1) == labels).cpu())
-        all_features.append(features.float().cpu())
+        features = features.float()
+        if dataset.lfw is not None:  # faces: with the mirror image's feature (docs/lfw.md)
+            features = combine_mirror(features, forward(model, data.flip(3), args)[0].float())
+        all_features.append(features.cpu())
         all_labels.append(labels.cpu())
     features, labels, correct = (utils.gather(torch.cat(t))
                                  for t in (all_features, all_labels, all_correct))
@@ -248,6 +272,24 @@ def test(model, dataset, args):
     acc = round(correct.sum().item() * 100. / len(correct), 2)
     err = round(100. - acc, 2)
     return acc, err, features, labels, one_shot_features(model, dataset, args)
+
+
+# How a face's feature and its mirror image's are combined at test time: the paper
+# concatenates them; their sum is as common. Chosen on View 1 (docs/lfw.md).
+MIRROR = "sum"
+
+
+def combine_mirror(features, mirrored, how=None):
+    """The test feature of a face from the features of the image and of its mirror image:
+    'sum' (the same width), 'concat' (the paper's: twice the width) or 'none'."""
+    how = how or MIRROR
+    if how == "sum":
+        return features + mirrored
+    if how == "concat":
+        return torch.cat([features, mirrored], 1)
+    if how == "none":
+        return features
+    raise ValueError(f"mirror combination must be sum, concat or none, got {how!r}")
 
 
 def one_shot_features(model, dataset, args):
@@ -274,6 +316,11 @@ def main(argv=None):
         parser.error(str(e))
     if args.train_classes is not None and args.dataset != datasets.OMNIGLOT:
         parser.error(f"--train-classes is for -d {datasets.OMNIGLOT}, not {args.dataset}")
+    given = given_flags(argv)
+    try:
+        resolve_defaults(args, given)
+    except ValueError as e:
+        parser.error(str(e))
     torch.manual_seed(args.seed)
     # Under torchrun each machine runs LOCAL_WORLD_SIZE processes, one per device: the
     # default --gpu 0 would hide all devices but one, so it then keeps them all visible.
@@ -283,7 +330,6 @@ def main(argv=None):
     # channels_last on the CPU: 1.03-1.09x faster fp32 steps here (benchmarks/bench_train.py);
     # on GPUs only with --amp, where it is the tensor cores' layout.
     args.channels_last = args.amp or not use_gpu
-    given = given_flags(argv)
     ckpt = load_resume(args, given)  # before anything is written
     if args.evaluate and "save_dir" not in given:
         # Beside the checkpoint evaluated, not into the default log/ of the committed runs.
@@ -316,11 +362,33 @@ def main(argv=None):
         utils.close_distributed()
 
 
+def resolve_defaults(args, given):
+    """The defaults that depend on the dataset: LeNet++ with 2-D features for the glyphs
+    (the popular script's), resnet10 with 512-D features for LFW's faces (the paper's
+    width); ValueError for a network that does not take the dataset's images, or an
+    --lfw- flag given for another dataset."""
+    lfw = args.dataset == datasets.LFW
+    if args.model is None:
+        args.model = "resnet10" if lfw else "cnn"
+    if args.feat_dim is None:
+        args.feat_dim = 512 if lfw else 2
+    shape = models.input_shape(args.model)
+    if lfw != (shape[0] == 3):
+        takes = "3 x 64 x 64 face crops" if lfw else "1 x 28 x 28 glyphs"
+        fits = "resnet10 or resnet18" if lfw else "cnn"
+        raise ValueError(f"-d {args.dataset} has {takes}: --model {fits}, not {args.model}")
+    for flag in ("lfw_split", "lfw_min_images"):
+        if flag in given and not lfw:
+            raise ValueError(f"--{flag.replace('_', '-')} is for -d lfw, not {args.dataset}")
+
+
 # Flags that change what a checkpoint's tensors mean: resuming with other values would
 # fail in load_state_dict or, worse, silently train the weights on something else.
 RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-dim",
                 "center_update": "--center-update", "holdout": "--holdout-classes",
-                "train_classes": "--train-classes", "optimizer": "--optimizer"}
+                "train_classes": "--train-classes", "optimizer": "--optimizer",
+                "lfw_split": "--lfw-split", "lfw_min_images": "--lfw-min-images",
+                "head": "--head"}
 
 
 def given_flags(argv):
@@ -346,7 +414,8 @@ def load_resume(args, given):
     except ValueError as e:
         sys.exit(f"error: --resume {e}")
     # Checkpoints older than a flag hold its default.
-    saved = dict({"train_classes": None, "optimizer": "sgd"}, **ckpt["args"],
+    saved = dict({"train_classes": None, "optimizer": "sgd", "lfw_split": "view1",
+                  "lfw_min_images": 1, "head": "softmax"}, **ckpt["args"],
                  holdout=ckpt.get("holdout_classes", []))
     if args.evaluate:  # evaluating needs no flags repeated, only none contradicted
         for key in [*RESUME_FLAGS, "weight_cent", "seed"]:  # seed: which --train-classes
@@ -389,11 +458,15 @@ def interrupted_message(args, argv, saved_epoch, path):
 def build(args, dataset, use_gpu, device, world):
     """The model, both losses, both optimizers and the scheduler of the popular script."""
     print("Creating model: {}".format(args.model))
-    model = models.create(name=args.model, num_classes=dataset.num_classes, feat_dim=args.feat_dim)
+    model = models.create(name=args.model, num_classes=dataset.num_classes,
+                          feat_dim=args.feat_dim, head=args.head)
     model = model.to(device)
     if getattr(args, "channels_last", args.amp):
         model = model.to(memory_format=torch.channels_last)
-    criterion_xent = nn.CrossEntropyLoss()
+    if args.head == "cosface":
+        criterion_xent = models.CosFaceLoss(scale=args.scale, margin=args.margin)
+    else:
+        criterion_xent = nn.CrossEntropyLoss()
     criterion_cent = CenterLoss(num_classes=dataset.num_classes, feat_dim=args.feat_dim,
                                 use_gpu=use_gpu, update=args.center_update,
                                 distributed=world > 1).to(device)
@@ -430,7 +503,7 @@ def state(epoch, model, criterion_cent, optimizer_model, optimizer_cent, schedul
 # Set by main() for its own use (not flags), and the flags --evaluate ignores.
 INTERNAL = ("holdout", "channels_last")
 TRAINING_ONLY = ("lr_model", "lr_cent", "max_epoch", "stepsize", "gamma", "eval_freq",
-                 "print_freq", "optimizer")
+                 "print_freq", "optimizer", "margin", "scale")
 
 
 def shown_args(args):
@@ -456,7 +529,8 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
         dataset = datasets.create(name=args.dataset, batch_size=args.batch_size, use_gpu=use_gpu,
                                   num_workers=args.workers, root=args.data_root, seed=args.seed,
                                   rank=rank, world_size=world, device=device,
-                                  holdout=args.holdout, train_classes=args.train_classes)
+                                  holdout=args.holdout, train_classes=args.train_classes,
+                                  lfw_split=args.lfw_split, lfw_min_images=args.lfw_min_images)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if ckpt is not None and ckpt.get("classes", dataset.classes) != dataset.classes:
@@ -470,6 +544,8 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
                                                        dataset.num_classes).sum()),
                   int((dataset.testloader.labels >= dataset.num_classes).sum()),
                   dataset.unseen_name, *dataset.one_shot["support"].shape[:2]))
+    if dataset.lfw is not None:
+        print(lfw_summary(dataset, args))
     if args.holdout:
         seen, unseen = dataset.classes[:dataset.num_classes], dataset.classes[dataset.num_classes:]
         print("Held-out classes {} ({}): not trained on, evaluated as unseen classes; "
@@ -483,7 +559,8 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
 
     checkpoint_path = os.path.join(args.save_dir, "checkpoint.pth.tar")
     metrics_path = os.path.join(args.save_dir, "metrics.csv")
-    fields = utils.metrics_fields(dataset.open_set, dataset.one_shot is not None)
+    fields = utils.metrics_fields(dataset.open_set, dataset.one_shot is not None,
+                                  dataset.lfw is not None)
     start_epoch, elapsed_before = 0, 0.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -569,6 +646,8 @@ def report(args, dataset, epoch, evaluation, criterion_cent):
     """Print one evaluation (accuracy, feature statistics, retrieval and verification of
     the seen and the held-out classes), save the test features and roc.png, and plot the
     test features with --plot. Returns the metrics.csv columns it measured."""
+    if dataset.lfw is not None:
+        return report_lfw(args, dataset, epoch, evaluation, criterion_cent)
     acc, err, features, labels, one_shot = evaluation
     k = dataset.num_classes
     seen = labels < k
@@ -603,28 +682,100 @@ def report(args, dataset, epoch, evaluation, criterion_cent):
 def measure(features, labels, name):
     """Retrieval and verification of one split of the test features, printed; returns
     the metrics.csv values (percent, AUC as a fraction) and the ROC points."""
-    r = evaluation.retrieval_metrics(features, labels)
+    figures = measure_retrieval(features, labels, name)
     pairs = evaluation.verification_pairs(labels, NUM_PAIRS, seed=PAIRS_SEED)
     v = evaluation.verification_metrics(features, labels, pairs)
-    print("Retrieval, {} (cosine, {} queries): P@1 (%): {:.2f}\t R-precision (%): {:.2f}\t "
-          "MAP@R (%): {:.2f}".format(name, r["num_queries"], 100 * r["precision_at_1"],
-                                     100 * r["r_precision"], 100 * r["map_at_r"]))
     print("Verification, {} (cosine, {} pairs, 10 folds): Accuracy (%): {:.2f} +- {:.2f}\t "
           "AUC: {:.4f}\t TAR@FAR=1e-3 (%): {:.2f}".format(
               name, len(pairs), 100 * v["accuracy"], 100 * v["accuracy_std"], v["auc"],
               100 * v["tar_at_far"]))
+    figures.update(ver_accuracy=f"{100 * v['accuracy']:.2f}",
+                   ver_accuracy_std=f"{100 * v['accuracy_std']:.2f}",
+                   auc=f"{v['auc']:.5f}", tar_at_far=f"{100 * v['tar_at_far']:.2f}")
+    figures.update(measure_all_pairs(features, labels, name))
+    return figures, (v["fpr"], v["tpr"])
+
+
+def measure_retrieval(features, labels, name):
+    """Leave-one-out retrieval of these features, printed; the metrics.csv values."""
+    r = evaluation.retrieval_metrics(features, labels)
+    print("Retrieval, {} (cosine, {} queries): P@1 (%): {:.2f}\t R-precision (%): {:.2f}\t "
+          "MAP@R (%): {:.2f}".format(name, r["num_queries"], 100 * r["precision_at_1"],
+                                     100 * r["r_precision"], 100 * r["map_at_r"]))
+    return dict(precision_at_1=f"{100 * r['precision_at_1']:.2f}",
+                r_precision=f"{100 * r['r_precision']:.2f}",
+                map_at_r=f"{100 * r['map_at_r']:.2f}")
+
+
+def measure_all_pairs(features, labels, name):
+    """TAR at ALL_PAIRS_FARS over every pair of these features, printed; the metrics.csv
+    values."""
     a = evaluation.all_pairs_tar_at_far(features, labels, fars=ALL_PAIRS_FARS)
     print("Verification, {}, all pairs (cosine, {} same-class, {} different-class): {}".format(
         name, a["num_same"], a["num_different"], "\t ".join(
             "TAR@FAR={} (%): {:.2f}".format(f"{far:.0e}".replace("e-0", "e-"), 100 * tar) for far, tar in a["tar"].items())))
-    figures = dict(precision_at_1=f"{100 * r['precision_at_1']:.2f}",
-                   r_precision=f"{100 * r['r_precision']:.2f}",
-                   map_at_r=f"{100 * r['map_at_r']:.2f}",
-                   ver_accuracy=f"{100 * v['accuracy']:.2f}",
-                   ver_accuracy_std=f"{100 * v['accuracy_std']:.2f}",
-                   auc=f"{v['auc']:.5f}", tar_at_far=f"{100 * v['tar_at_far']:.2f}")
-    figures.update({utils.all_pairs_field(far): f"{100 * tar:.3f}" for far, tar in a["tar"].items()})
-    return figures, (v["fpr"], v["tpr"])
+    return {utils.all_pairs_field(far): f"{100 * tar:.3f}" for far, tar in a["tar"].items()}
+
+
+def lfw_summary(dataset, args):
+    """The line that says who LFW's split trains on and what it tests."""
+    lfw, k = dataset.lfw, dataset.num_classes
+    test = dataset.testloader.labels[lfw["num_threshold_images"]:]
+    left_out = len(lfw["people_not_classes"])
+    return ("LFW {}: training on {:,} images of {:,} people{}; testing {:,} pairs ({:,} "
+            "matched) of {:,} people never trained on ({:,} images); the threshold is chosen "
+            "on {:,} pairs of trained people".format(
+                lfw["split"], len(dataset.trainloader.labels), k,
+                f" ({left_out:,} with fewer than {args.lfw_min_images} images are no class)"
+                if left_out else "", len(lfw["pairs"]), int(lfw["same"].sum()),
+                len(dataset.classes) - k, len(test), len(lfw["threshold_pairs"])))
+
+
+def report_lfw(args, dataset, epoch, evaluation_, criterion_cent):
+    """report() for LFW: verification of the protocol's pairs with the threshold chosen
+    on trained people's pairs, retrieval and all-pairs TAR of the test people; roc.png and
+    test_features.pt (the test pairs' images only). Returns the metrics.csv values."""
+    acc, err, features, labels, _ = evaluation_
+    lfw, k = dataset.lfw, dataset.num_classes
+    seen = labels < k
+    # The only class-labelled images at test time are training images (the threshold
+    # pairs'), centre-cropped: a training accuracy, not a test one.
+    print("Accuracy on trained people's images (%): {}\t Error rate (%): {}".format(acc, err))
+    intra, inter, ratio = utils.feature_stats(features[seen], labels[seen], k)
+    print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
+          .format(intra, inter, ratio))
+    row = dict(accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
+               ratio=f"{ratio:.6g}")
+    v = evaluation.protocol_verification(features, lfw["pairs"], lfw["same"],
+                                         lfw["threshold_pairs"], lfw["threshold_same"])
+    print("LFW {} (cosine, {} pairs of people never trained on; threshold {:.4f}, chosen on "
+          "{} pairs of trained people, {:.2f}% right there): Accuracy (%): {:.2f}\t AUC: {:.4f}"
+          "\t TAR@FAR=1e-3 (%): {:.2f}".format(
+              lfw["split"], len(lfw["pairs"]), v["threshold"], len(lfw["threshold_pairs"]),
+              100 * v["threshold_accuracy"], 100 * v["accuracy"], v["auc"],
+              100 * v["tar_at_far"]))
+    row.update(unseen_ver_accuracy=f"{100 * v['accuracy']:.2f}", unseen_auc=f"{v['auc']:.5f}",
+               unseen_tar_at_far=f"{100 * v['tar_at_far']:.2f}",
+               lfw_threshold=f"{v['threshold']:.6f}",
+               lfw_threshold_accuracy=f"{100 * v['threshold_accuracy']:.2f}")
+    test = torch.arange(len(labels)) >= lfw["num_threshold_images"]
+    for key, value in measure_retrieval(features[test], labels[test], dataset.unseen_name).items():
+        row["unseen_" + key] = value
+    for key, value in measure_all_pairs(features[test], labels[test], dataset.unseen_name).items():
+        row["unseen_" + key] = value
+    title = "lfw {}, epoch {}: ROC of its {} test pairs, cosine".format(
+        lfw["split"], epoch + 1, len(lfw["pairs"]))
+    utils.plot_roc({f"LFW {lfw['split']}": (v["fpr"], v["tpr"])},
+                   os.path.join(args.save_dir, "roc.png"), title)
+    # The test pairs' images only, in float16: about a megabyte for a View 2 fold.
+    used, pairs = torch.unique(lfw["pairs"], return_inverse=True)
+    torch.save({"features": features[used].half(), "labels": labels[used],
+                "files": [dataset.files[i] for i in used.tolist()], "pairs": pairs,
+                "same": lfw["same"], "threshold": v["threshold"], "split": lfw["split"],
+                "mirror": MIRROR, "trained_people": lfw["trained_people"],
+                "epoch": epoch + 1, "accuracy": acc},
+               os.path.join(args.save_dir, "test_features.pt"))
+    return row
 
 
 def measure_one_shot(support, queries, answers):

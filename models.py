@@ -1,12 +1,70 @@
-"""LeNet++ (Wen et al. 2016, Fig. 2 / Table 1 of the supplement): the network whose
-2-D features the center-loss figures show.
+"""The networks: LeNet++ (Wen et al. 2016, Fig. 2 / Table 1 of the supplement), whose 2-D
+features the center-loss figures show, and a residual network for LFW's face crops; and
+the margin softmax that face recognition puts beside center loss today (CosFace).
 
-Parameter names match the popular implementation's ConvNet, so its checkpoints load.
+LeNet++'s parameter names match the popular implementation's ConvNet, so its checkpoints
+load. Every network's ``forward`` returns ``(features (N, feat_dim), logits (N, C))``:
+center loss takes the features, the classification loss the logits.
 """
+import functools
+
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvNet", "create", "MODELS"]
+__all__ = ["ConvNet", "FaceResNet", "CosFace", "CosFaceLoss", "create", "MODELS", "HEADS"]
+
+HEADS = ("softmax", "cosface")
+
+
+class CosFace(nn.Module):
+    r"""The classifier of CosFace (Wang et al., CVPR 2018; insightface's arcface_torch):
+    :math:`\cos\theta_j = \hat{x} \cdot \hat{W}_j`, the cosine between the L2-normalised
+    feature and the L2-normalised weight of class j, with no bias. Its outputs are the
+    logits that test accuracy takes the argmax of; `CosFaceLoss` adds margin and scale."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.normal_(self.weight, std=0.01)  # as arcface_torch's PartialFC
+
+    def forward(self, x):
+        return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+
+
+class CosFaceLoss(nn.Module):
+    r"""Large margin cosine loss (CosFace, Wang et al., CVPR 2018, eq. 4):
+
+    .. math::
+        L = -\frac{1}{N}\sum_i \log \frac{e^{s(\cos\theta_{y_i} - m)}}
+            {e^{s(\cos\theta_{y_i} - m)} + \sum_{j \ne y_i} e^{s\cos\theta_j}}
+
+    Args:
+        scale: s, the radius the normalised features are put on. Default: 64, as the
+            paper and arcface_torch.
+        margin: m, subtracted from the target cosine. Default: 0.35, the paper's.
+
+    Shape: cosines (N, C) from `CosFace`, labels (N,) int64; the loss a scalar.
+    """
+
+    def __init__(self, scale=64.0, margin=0.35):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale!r}")
+        if not 0 <= margin < 2:
+            raise ValueError(f"margin must be in [0, 2), got {margin!r}")
+        self.scale, self.margin = scale, margin
+
+    def forward(self, cosines, labels):
+        target = F.one_hot(labels, cosines.shape[1]).to(cosines.dtype)
+        return F.cross_entropy(self.scale * (cosines - self.margin * target), labels)
+
+
+def classifier(feat_dim, num_classes, head="softmax"):
+    """The last layer: a linear softmax classifier, or CosFace's cosines."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    return nn.Linear(feat_dim, num_classes) if head == "softmax" else CosFace(feat_dim, num_classes)
 
 
 class ConvNet(nn.Module):
@@ -17,7 +75,9 @@ class ConvNet(nn.Module):
     Input (N, 1, 28, 28); ``forward`` returns ``(features (N, feat_dim), logits (N, C))``.
     """
 
-    def __init__(self, num_classes=10, feat_dim=2):
+    input_shape = (1, 28, 28)
+
+    def __init__(self, num_classes=10, feat_dim=2, head="softmax"):
         super().__init__()
         self.conv1_1 = nn.Conv2d(1, 32, 5, stride=1, padding=2)
         self.prelu1_1 = nn.PReLU()
@@ -34,7 +94,7 @@ class ConvNet(nn.Module):
         # 28 -> 14 -> 7 -> 3 after three 2x2 poolings
         self.fc1 = nn.Linear(128 * 3 * 3, feat_dim)
         self.prelu_fc1 = nn.PReLU()
-        self.fc2 = nn.Linear(feat_dim, num_classes)
+        self.fc2 = classifier(feat_dim, num_classes, head)
 
     def forward(self, x):
         x = self.prelu1_1(self.conv1_1(x))
@@ -52,7 +112,68 @@ class ConvNet(nn.Module):
         return features, logits
 
 
-MODELS = {"cnn": ConvNet}
+class BasicBlock(nn.Module):
+    """He et al.'s basic residual block (two 3x3 convolutions), with PReLU as the face
+    ResNets of SphereFace and insightface use."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.prelu = nn.PReLU(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.prelu(self.bn1(self.conv1(x)))))
+        return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class FaceResNet(nn.Module):
+    """A small ResNet for 3 x 64 x 64 face crops, sized for CPUs (docs/lfw.md): a 3x3
+    stem of stride 2 (32 x 32 x `widths[0]`), four stages of `blocks` basic blocks with
+    `widths` channels, each but the first halving the size (down to 4 x 4), then the
+    feature layer as in insightface's face ResNets: a linear layer to `feat_dim` and batch
+    norm; and the classifier (`head`).
+
+    With blocks (1, 1, 1, 1) (``resnet10``: 9 convolutions and the feature layer) and
+    feat_dim 512 it has 3.33 M parameters before the classifier and takes 0.13 GFLOPs
+    (2 x multiply-adds) a 64 x 64 image; ``resnet18`` (2, 2, 2, 2): 4.89 M and 0.28.
+
+    Input (N, 3, 64, 64); ``forward`` returns ``(features (N, feat_dim), logits (N, C))``.
+    """
+
+    input_shape = (3, 64, 64)
+
+    def __init__(self, num_classes, feat_dim=512, head="softmax", blocks=(1, 1, 1, 1),
+                 widths=(32, 64, 128, 256)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0]))
+        layers, cin = [], widths[0]
+        for i, (n, width) in enumerate(zip(blocks, widths)):
+            for j in range(n):
+                layers.append(BasicBlock(cin, width, 2 if i > 0 and j == 0 else 1))
+                cin = width
+        self.body = nn.Sequential(*layers)
+        side = self.input_shape[1] // 2 ** len(widths)
+        self.fc = nn.Linear(cin * side * side, feat_dim)
+        self.features = nn.BatchNorm1d(feat_dim)
+        self.classifier = classifier(feat_dim, num_classes, head)
+
+    def forward(self, x):
+        x = self.body(self.stem(x))
+        features = self.features(self.fc(x.flatten(1)))
+        return features, self.classifier(features)
+
+
+MODELS = {"cnn": ConvNet,
+          "resnet10": functools.partial(FaceResNet, blocks=(1, 1, 1, 1)),
+          "resnet18": functools.partial(FaceResNet, blocks=(2, 2, 2, 2))}
 
 
 def create(name, num_classes, **kwargs):
@@ -60,3 +181,9 @@ def create(name, num_classes, **kwargs):
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def input_shape(name):
+    """The (C, H, W) of one input image of model `name`."""
+    model = MODELS[name]
+    return getattr(model, "func", model).input_shape

@@ -216,14 +216,19 @@ def all_pairs_field(far):
     return f"tar_all_{far:.0e}"
 
 
-def metrics_fields(open_set, one_shot):
+# LFW: the threshold chosen on trained people's pairs, and the accuracy it has there (%).
+LFW_FIELDS = ["lfw_threshold", "lfw_threshold_accuracy"]
+
+
+def metrics_fields(open_set, one_shot, lfw=False):
     """metrics.csv's columns: METRICS_FIELDS, the all-pairs TARs, and for an open set
-    the unseen classes' figures, then the one-shot error when there are one-shot runs."""
+    the unseen classes' figures, then the one-shot error when there are one-shot runs,
+    and LFW's threshold (its unseen_ver_accuracy is the protocol pairs' accuracy)."""
     tars = [all_pairs_field(far) for far in ALL_PAIRS_FARS]
     fields = METRICS_FIELDS + tars
     if open_set:
         fields += UNSEEN_FIELDS + ["unseen_" + t for t in tars]
-    return fields + (ONE_SHOT_FIELDS if one_shot else [])
+    return fields + (ONE_SHOT_FIELDS if one_shot else []) + (LFW_FIELDS if lfw else [])
 
 
 def append_metrics(path, row, fields=METRICS_FIELDS):

@@ -3,6 +3,7 @@
     python benchmarks/bench_evaluation.py                  # D=2, then D=128
     python benchmarks/bench_evaluation.py --feat-dim 512 --repeats 5
     python benchmarks/bench_evaluation.py --omniglot --data-root ./data   # Omniglot-sized
+    python benchmarks/bench_evaluation.py --lfw --data-root ./data        # LFW View 1
 
 --omniglot times instead what main.py does at each evaluation of an Omniglot checkpoint,
 on 128-D synthetic features of its shapes: 3,856 seen test images of 964 classes and
@@ -454,6 +455,115 @@ def time_loading(data_root, drop_caches):
         os.environ["CENTER_LOSS_CACHE"] = before
 
 
+def lfw_features(data_root, split="view1", feat_dim=512, seed=0, spread=0.45):
+    """The test set of LFW `split` as main.py evaluates it, with synthetic features: its real
+    labels (the threshold pairs' images of trained people, then every image of the test
+    people) and pairs; features are random person means plus unit noise, float32."""
+    o = datasets.load_lfw(data_root, split)
+    labels, lfw = o["test"][1], o["extra"]["lfw"]
+    g = torch.Generator().manual_seed(seed)
+    means = spread * torch.randn(int(labels.max()) + 1, feat_dim, generator=g)
+    features = means[labels] + torch.randn(len(labels), feat_dim, generator=g)
+    return features, labels, lfw
+
+
+def brute_protocol(features, lfw):
+    """LFW's protocol by brute force: every candidate threshold of the threshold pairs (the
+    midpoints of their distinct scores, and below / above them all) tried on every one of
+    those pairs; AUC from every matched x mismatched comparison of the test pairs."""
+    x = features.double()
+    x = x / x.norm(dim=1, keepdim=True)
+    score = lambda p: (x[p[:, 0]] * x[p[:, 1]]).sum(1)  # noqa: E731
+    chosen_on, same_t = score(lfw["threshold_pairs"]), lfw["threshold_same"]
+    values = chosen_on.unique()
+    cuts = torch.cat([values[:1] - 1, (values[1:] + values[:-1]) / 2, values[-1:] + 1])
+    right = ((chosen_on.unsqueeze(0) > cuts.unsqueeze(1)) == same_t.unsqueeze(0)).sum(1)
+    t = cuts[torch.argmax(right)]  # the first (lowest) of the best
+    scores, same = score(lfw["pairs"]), lfw["same"]
+    diff = scores[same].unsqueeze(1) - scores[~same].unsqueeze(0)
+    auc = ((diff > 0).double() + 0.5 * (diff == 0).double()).mean().item()
+    return {"accuracy": ((scores > t) == same).double().mean().item(), "threshold": t.item(),
+            "auc": auc}
+
+
+def run_lfw(repeats, data_root, drop_caches=False):
+    """What main.py computes at each evaluation of an LFW View 1 run, on synthetic 512-D
+    features of its real shapes, ours against brute force; then loading LFW."""
+    features, labels, lfw = lfw_features(data_root)
+    test = torch.arange(len(labels)) >= lfw["num_threshold_images"]
+    x, y = features[test], labels[test]
+    steps = [
+        ("protocol pairs (threshold on trained people's pairs)",
+         lambda: evaluation.protocol_verification(features, lfw["pairs"], lfw["same"],
+                                                  lfw["threshold_pairs"], lfw["threshold_same"]),
+         lambda: brute_protocol(features, lfw),
+         lambda o, b: _agree("protocol", o, b, ("accuracy", "threshold", "auc"))),
+        ("test people: retrieval", lambda: retrieval_metrics(x, y), lambda: brute_retrieval(x, y),
+         lambda o, b: _agree("retrieval", o, b, RETRIEVAL_KEYS + ("num_queries",))),
+        ("test people: all-pairs TAR@FAR", lambda: all_pairs_tar_at_far(x, y, ALL_PAIRS_FARS),
+         lambda: brute_all_pairs(x, y),
+         lambda o, b: _agree("all-pairs", {**o["tar"], "n": o["num_different"]},
+                             {**b["tar"], "n": b["num_different"]}, ALL_PAIRS_FARS + ("n",)))]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"LFW View 1's test set with 512-D synthetic features: {len(lfw['pairs']):,} test "
+          f"pairs, threshold from {len(lfw['threshold_pairs']):,} pairs; {int(test.sum()):,} "
+          f"images of {len(y.unique()):,} test people; cosine; median of {repeats}; ours and "
+          f"brute force agree to {TOL:g} on every repeat\n")
+    print("| what | ours (s) | brute force (s) | speedup |")
+    print("|---|---:|---:|---:|")
+    total = {"ours": [0.0] * repeats, "brute": [0.0] * repeats}
+    for name, ours, brute, compare in steps:
+        t_o, t_b = [], []
+        for i in range(repeats):
+            o, t, _ = measured(ours)
+            b, tb, _ = measured(brute)
+            compare(o, b)
+            t_o.append(t)
+            t_b.append(tb)
+            total["ours"][i] += t
+            total["brute"][i] += tb
+        a, b = statistics.median(t_o), statistics.median(t_b)
+        print(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.1f}x |", flush=True)
+    full_o, full_b = statistics.median(total["ours"]), statistics.median(total["brute"])
+    print(f"| **full evaluation** | {full_o:.3f} | {full_b:.3f} | {full_b / full_o:.1f}x |")
+    print(f"\nfull evaluation {full_o:.2f} s, target < {TARGET_SECONDS:g} s: "
+          f"{'met' if full_o < TARGET_SECONDS else 'NOT met'}")
+    time_lfw_loading(data_root, drop_caches)
+
+
+def time_lfw_loading(data_root, drop_caches):
+    """datasets.load_lfw (View 1: all 13,233 JPEGs) as time_loading does Omniglot's: in one
+    process without a cache (the plain loop), in forked processes into an empty cache,
+    and from the cache; all three must give the same images."""
+    import tempfile
+    before, pool_min = os.environ.get("CENTER_LOSS_CACHE"), datasets.DECODE_POOL_MIN_FILES
+    with tempfile.TemporaryDirectory() as cache:
+        reference = None
+        for what, folder, min_files, target in (
+                ("decoded in one process, no cache", "", float("inf"), 15),
+                ("decoded in processes, empty cache", cache, pool_min, 15),
+                ("from the cache", cache, pool_min, 2)):
+            os.environ["CENTER_LOSS_CACHE"] = folder
+            datasets.DECODE_POOL_MIN_FILES = min_files
+            if drop_caches:
+                drop_page_cache()
+            start = time.perf_counter()
+            o = datasets.load_lfw(data_root, "view1")
+            seconds = time.perf_counter() - start
+            images = torch.cat([o["train"][0], o["test"][0]])
+            reference = images if reference is None else reference
+            assert torch.equal(images, reference), f"{what}: not the one-process images"
+            print(f"loading LFW View 1 from {data_root} ({what}; OS page cache "
+                  f"{'dropped' if drop_caches else 'as it was'}): {len(images):,} face crops "
+                  f"in {seconds:.2f} s, target < {target} s: "
+                  f"{'met' if seconds < target else 'NOT met'}", flush=True)
+    datasets.DECODE_POOL_MIN_FILES = pool_min
+    if before is None:
+        del os.environ["CENTER_LOSS_CACHE"]
+    else:
+        os.environ["CENTER_LOSS_CACHE"] = before
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--feat-dim", type=int, default=2, help="feature dimension of the first row set")
@@ -468,9 +578,18 @@ def main():
     p.add_argument("--drop-caches", action="store_true",
                    help="with --data-root: empty the OS page cache before each load (Linux, "
                         "root), so that loading is timed cold")
+    p.add_argument("--lfw", action="store_true",
+                   help="time an LFW View 1 evaluation and loading LFW instead (needs --data-root)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lfw:
+        if not args.data_root:
+            p.error("--lfw needs --data-root, the folder that holds lfw-py/")
+        start = time.perf_counter()
+        run_lfw(args.repeats, args.data_root, args.drop_caches)
+        print(f"\nbenchmark wall time {time.perf_counter() - start:.0f} s")
+        return
     if args.omniglot:
         start = time.perf_counter()
         run_omniglot(args.repeats, args.data_root, args.drop_caches)

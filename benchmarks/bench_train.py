@@ -3,6 +3,7 @@ vs main.py's in-memory batches, in float32 and with --amp, and the share of an e
 spent outside the model step.
 
     python benchmarks/bench_train.py --data-root ./data
+    python benchmarks/bench_train.py --face --rounds 4   # LFW's resnet10, CPU (and GPU)
 
 Each pipeline trains LeNet++ + center loss with main.train_step (the same step main.py
 runs) over the first --images training images, after one warm-up batch. "data" is the
@@ -135,6 +136,60 @@ def plotting_cost(frames=30):
         return time.perf_counter() - start
 
 
+def face_race(rounds, steps, device, amp=False):
+    """Images/s of the face network's training step (resnet10, 512-D features, 4,038
+    classes: LFW View 1's), contiguous vs channels_last, fp32 (and bf16 with `amp`), on
+    synthetic uint8 batches of 72 x 72 crops through the training pipeline (random
+    64 x 64 crop and mirror, normalisation) and main.train_step with center loss (eq. 4).
+    Rounds alternate the layouts, so that the machine's drifts hit both alike.
+    Returns {name: [images/s of each round]}."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (128 * steps, 3, 72, 72), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 4038, (128 * steps,), generator=g)
+    crop = datasets.RandomCropFlip(64, g)
+    mean, std = [0.53, 0.42, 0.35], [0.26, 0.22, 0.22]
+    setups = {}
+    for name, channels_last, use_amp in (("fp32, contiguous", False, False),
+                                         ("fp32, channels_last", True, False),
+                                         ("bf16 autocast, channels_last", True, True)):
+        if use_amp and not amp:
+            continue
+        args = main.get_parser().parse_args(["-d", "lfw", "--weight-cent", "0.003",
+                                             "--center-update", "paper"]
+                                            + (["--amp"] if use_amp else []))
+        main.resolve_defaults(args, set())
+        args.channels_last = channels_last
+        torch.manual_seed(1)
+        model = models.create("resnet10", 4038, feat_dim=512).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        cent = CenterLoss(4038, 512, use_gpu=device != "cpu", update="paper").to(device)
+        opt_m = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        opt_c = torch.optim.SGD(cent.parameters(), lr=0.5)
+        setups[name] = (model, torch.nn.CrossEntropyLoss(), cent, opt_m, opt_c, args)
+
+    def batches():
+        for i in range(steps):
+            part = slice(128 * i, 128 * (i + 1))
+            x = datasets.normalise(crop(images[part].to(device)), mean, std)
+            yield x, labels[part].to(device)
+    for name, s in setups.items():  # warm-up: one-off allocations, cuDNN's choice
+        main.train_step(*s[:5], *next(batches()), s[5])
+    times = {name: [] for name in setups}
+    for r in range(rounds):
+        for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
+            model, xent, cent, opt_m, opt_c, args = setups[name]
+            if device != "cpu":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for data, target in batches():
+                main.train_step(model, xent, cent, opt_m, opt_c, data, target, args)
+            if device != "cpu":
+                torch.cuda.synchronize()
+            times[name].append(128 * steps / (time.perf_counter() - start))
+    return times
+
+
 def main_():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default="./data")
@@ -143,7 +198,26 @@ def main_():
     p.add_argument("--workers", type=int, default=4, help="popular pipeline's -j (its default: 4)")
     p.add_argument("--rounds", type=int, default=8, help="rounds of the layout race")
     p.add_argument("--layout-only", action="store_true", help="only the layout race")
+    p.add_argument("--face", action="store_true",
+                   help="only the face network (resnet10 on LFW-sized batches): images/s by "
+                        "layout, on the CPU and, where there is one, on the GPU")
+    p.add_argument("--amp", action="store_true", help="with --face: bf16 autocast too")
     args = p.parse_args()
+    if args.face:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for device in devices:
+            steps = 3 if device == "cpu" else 20
+            what = (torch.cuda.get_device_name() if device == "cuda"
+                    else f"CPU, {torch.get_num_threads()} threads")
+            print(f"torch {torch.__version__}, {what}: resnet10 (512-D, 4,038 classes) + center "
+                  f"loss, batch 128, {args.rounds} alternating rounds of {steps} batches")
+            times = face_race(args.rounds, steps, device, args.amp)
+            print("| device | layout | images/s, median | min | max |")
+            print("|---|---|---:|---:|---:|")
+            for name, t in times.items():
+                print(f"| {device} | {name} | {statistics.median(t):.1f} | {min(t):.1f} | "
+                      f"{max(t):.1f} |", flush=True)
+        return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 128, fp32: "
           f"train_step time by memory layout ({args.rounds} alternating rounds of 6 batches)")

@@ -91,6 +91,21 @@ OMNIGLOT_ALPHAS = [0.01, 0.1, 0.5, 1]
 OMNIGLOT_BEST_LAM = 0.001
 CLASS_COUNTS = [10, 30, 100, 300, 964]
 
+# LFW, the paper's own ground, by LFW's protocol (docs/lfw.md): resnet10 with 512-D features
+# on 64 x 64 face crops. View 1 (peopleDevTrain -> pairsDevTest) chooses every setting; View
+# 2's ten folds give the reported figure. One schedule: SGD at LFW_LR (momentum 0.9, weight
+# decay 5e-4, batch 128), a tenfold decay every LFW_STEPSIZE epochs, LFW_MAX_EPOCH epochs,
+# an evaluation every LFW_EVAL_FREQ (each costs a forward pass over the test set twice,
+# with the mirror images).
+LFW = "lfw"
+LFW_LR, LFW_MAX_EPOCH, LFW_STEPSIZE, LFW_EVAL_FREQ = 0.1, 20, 8, 2
+LFW_LAMBDAS = [0, 0.0003, 0.001, 0.003, 0.01, 0.03]
+# People with one image: softmax classes or not (--lfw-min-images 1 or 2), measured on View 1
+# with softmax only; the rest of the study uses LFW_MIN_IMAGES.
+LFW_MIN_IMAGES = 1
+LFW_BEST_LAM = None  # View 1's best λ, once its sweep is finished
+LFW_HEADS = ("softmax", "cosface")
+
 
 # Small K: the ~1,800 steps of the 964-class runs are hundreds of epochs of 16 K images, long
 # after the training loss is zero, where Adam at this rate is not stable (K = 30, 450 epochs:
@@ -113,8 +128,15 @@ def omniglot_run(lam, alpha=0.5, k=OMNIGLOT_CHARACTERS, seed=1):
     return dict(dataset=OMNIGLOT, lam=lam, alpha=alpha, k=k, seed=seed)
 
 
+def lfw_run(lam, head="softmax", split="view1", seed=1, min_images=None):
+    return dict(dataset=LFW, lam=lam, head=head, split=split, seed=seed,
+                min_images=min_images or LFW_MIN_IMAGES)
+
+
 def max_epoch(name):
     """The number of epochs of a run, from its name or dataset (names start with it)."""
+    if name.startswith(LFW):
+        return LFW_MAX_EPOCH
     if name.startswith(OMNIGLOT):
         k = re.search(r"-k(\d+)", name)
         return OMNIGLOT_MAX_EPOCH * omniglot_scale(int(k.group(1)) if k else OMNIGLOT_CHARACTERS)
@@ -135,7 +157,12 @@ def fashion_runs(seed=1):
 
 
 def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
-             k=None):
+             k=None, head="softmax", split="view1", min_images=1):
+    if dataset == LFW:
+        name = f"{LFW}-{split}" + ("-cosface" if head == "cosface" else "")
+        name += f"-lam{lam:g}" + (f"-alpha{alpha:g}" if lam else "")
+        name += f"-min{min_images}" if min_images != 1 else ""
+        return name + (f"-seed{seed}" if seed != 1 else "")
     if dataset == OMNIGLOT:
         name = f"{OMNIGLOT}-d{OMNIGLOT_DIM}" + (f"-k{k}" if k != OMNIGLOT_CHARACTERS else "")
         name += f"-lam{lam:g}" + (f"-alpha{alpha:g}" if lam else "")
@@ -147,7 +174,14 @@ def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=
 
 
 def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
-              k=None):
+              k=None, head="softmax", split="view1", min_images=1):
+    if dataset == LFW:
+        return ["-d", LFW, "--lfw-split", split, "--lfw-min-images", str(min_images),
+                "--model", "resnet10", "--feat-dim", "512", "--head", head,
+                "--center-update", "paper", "--lr-cent", f"{alpha:g}", "--weight-cent",
+                f"{lam:g}", "--seed", str(seed), "--lr-model", f"{LFW_LR:g}",
+                "--batch-size", "128", "--gamma", "0.1", "--stepsize", str(LFW_STEPSIZE),
+                "--eval-freq", str(LFW_EVAL_FREQ), "--max-epoch", str(LFW_MAX_EPOCH)]
     if dataset == OMNIGLOT:
         scale = omniglot_scale(k)
         return ["-d", OMNIGLOT, "--feat-dim", str(OMNIGLOT_DIM), "--center-update", "paper",
@@ -176,7 +210,36 @@ def groups():
         "fashion": fashion_runs(seed=1) + fashion_runs(seed=2),
         "omniglot": omniglot_fig5_runs(),
         "classes": omniglot_class_runs(),
+        "lfw": lfw_view1_runs(),
+        "lfw-view2": lfw_view2_runs(),
     }
+
+
+def lfw_arms():
+    """View 2's arms, (label, settings of a fold's run): softmax only and View 1's best
+    center loss, CosFace alone and with it; empty until LFW_BEST_LAM is chosen."""
+    if LFW_BEST_LAM is None:
+        return []
+    return [("softmax only", dict(lam=0)),
+            (f"λ {LFW_BEST_LAM:g}", dict(lam=LFW_BEST_LAM)),
+            ("CosFace", dict(lam=0, head="cosface")),
+            (f"CosFace + λ {LFW_BEST_LAM:g}", dict(lam=LFW_BEST_LAM, head="cosface"))]
+
+
+def lfw_view2_runs():
+    """The ten folds of each arm, fold by fold (a fold's arms side by side)."""
+    return [lfw_run(split=f"fold{k}", **arm) for k in range(1, 11) for _, arm in lfw_arms()]
+
+
+def lfw_view1_runs():
+    """View 1: softmax only with and without the one-image people as classes, the λ sweep
+    at α 0.5, CosFace alone and, once LFW_BEST_LAM is chosen, with it."""
+    runs = [lfw_run(0, min_images=1), lfw_run(0, min_images=2)]
+    runs += [lfw_run(lam) for lam in LFW_LAMBDAS if lam]
+    runs += [lfw_run(0, head="cosface")]
+    if LFW_BEST_LAM is not None:
+        runs += [lfw_run(LFW_BEST_LAM, head="cosface")]
+    return runs
 
 
 def omniglot_fig5_runs():
@@ -421,6 +484,96 @@ def omniglot_tables(args):
     return out
 
 
+LFW_HEADER = ["LFW accuracy %", "AUC", "TAR@FAR=1e-3 %", "all pairs: TAR@FAR=1e-3 %",
+              "TAR@FAR=1e-4 %", "MAP@R %", "threshold", "trained people's images: acc. %",
+              "spread of last 3 LFW acc."]
+
+
+def lfw_last(name, args):
+    """last() for an LFW run: the spread is that of the test pairs' accuracy (the only
+    class-labelled test images are training images)."""
+    row = last(name, args)
+    if row is not None:
+        accs = [float(r["unseen_ver_accuracy"]) for r in read_rows(os.path.join(args.runs_dir, name))[-3:]]
+        row["spread"] = max(accs) - min(accs)
+    return row
+
+
+def lfw_lines(settings, args, label):
+    lines = []
+    for s in settings:
+        row = lfw_last(run_name(**s), args)
+        lines.append([label(s), cell(row, "unseen_ver_accuracy"), cell(row, "unseen_auc", 4),
+                      cell(row, "unseen_tar_at_far"), cell(row, "unseen_tar_all_1e-03"),
+                      cell(row, "unseen_tar_all_1e-04"), cell(row, "unseen_map_at_r"),
+                      cell(row, "lfw_threshold", 3), cell(row, "accuracy"), converged(row)])
+    return lines
+
+
+def lfw_describe(s):
+    text = "CosFace" if s["head"] == "cosface" else "softmax"
+    text += f" + λ {s['lam']:g}, α 0.5" if s["lam"] else " only"
+    text += f", people with {s['min_images']}+ images as classes" if s["min_images"] != 1 else ""
+    return text + (f", seed {s['seed']}" if s["seed"] != 1 else "")
+
+
+def lfw_folds(arm, args):
+    """The ten folds' test-pair accuracies (%) of one arm, None where not finished."""
+    out = []
+    for k in range(1, 11):
+        row = lfw_last(run_name(**lfw_run(split=f"fold{k}", **arm)), args)
+        out.append(None if row is None else float(row["unseen_ver_accuracy"]))
+    return out
+
+
+def lfw_tables(args):
+    where = (f"resnet10, 512-D, 64 x 64 crops, SGD lr {LFW_LR:g}, {LFW_MAX_EPOCH} epochs; "
+             f"threshold chosen on the trained people's pairs; the test people's figures")
+    out = table(f"LFW View 1 ({where})", ["run"] + LFW_HEADER,
+                lfw_lines(lfw_view1_runs(), args, lfw_describe))
+    arms = lfw_arms()
+    if not arms:
+        return out + ["View 2 waits for View 1's choice of λ (LFW_BEST_LAM).", ""]
+    import evaluation
+    folds = {label: lfw_folds(arm, args) for label, arm in arms}
+    lines = []
+    base = folds[arms[0][0]]
+    for label, accs in folds.items():
+        done = [a for a in accs if a is not None]
+        mean = "—" if len(done) < 10 else "{:.2f} ± {:.2f}".format(*evaluation.standard_error(done))
+        paired = [a - b for a, b in zip(accs, base) if a is not None and b is not None]
+        diff = ("—" if label == arms[0][0] or len(paired) < 10 else
+                "{:+.2f} ± {:.2f}".format(*evaluation.standard_error(paired)))
+        lines.append([label, mean, diff, f"{len(done)}/10"]
+                     + ["—" if a is None else f"{a:.2f}" for a in accs])
+    return out + table("LFW View 2: mean ± standard error over the 10 folds, and each fold "
+                       "(test pairs' accuracy %)",
+                       ["arm", "mean ± SE", "paired difference to softmax only", "folds done"]
+                       + [f"fold {k}" for k in range(1, 11)], lines)
+
+
+def lfw_picture(args):
+    """View 2's accuracy per fold and arm (lfw.png); nothing before a fold has finished."""
+    arms = lfw_arms()
+    folds = {label: lfw_folds(arm, args) for label, arm in arms}
+    if not any(a is not None for accs in folds.values() for a in accs):
+        return
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=80)
+    width = 0.8 / len(folds)
+    for j, (label, accs) in enumerate(folds.items()):
+        shift = (j - (len(folds) - 1) / 2) * width
+        xs = [k + shift for k in range(1, 11) if accs[k - 1] is not None]
+        ax.bar(xs, [a for a in accs if a is not None], width, label=label)
+    done = [a for accs in folds.values() for a in accs if a is not None]
+    ax.set(xlabel="View 2 fold (people set of people.txt)", ylabel="test pairs' accuracy %",
+           xticks=range(1, 11), ylim=(max(50, min(done) - 5), min(100, max(done) + 3)))
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, "LFW View 2: each fold trained on the other nine sets' people", "lfw.png",
+                args)
+
+
 def pyplot():
     """matplotlib's pyplot, drawing to files only (no display on a training machine)."""
     import matplotlib
@@ -622,9 +775,10 @@ def report(args):
              f"is max - min of the last three test accuracies (converged if <= "
              f"{CONVERGED_POINTS}). — marks a run not run or not finished yet.", ""]
     lines += fig3_tables(args) + open_set_tables(args) + seed_and_fashion_tables(args)
-    lines += omniglot_tables(args)
+    lines += omniglot_tables(args) + lfw_tables(args)
     with open(os.path.join(args.runs_dir, "tables.md"), "w") as f:
         f.write("\n".join(lines))
+    lfw_picture(args)
     fig3_picture(args)
     fig5_picture(args)
     fashion_picture(args)
@@ -636,6 +790,11 @@ def report(args):
           f"{args.runs_dir}")
 
 
+def part_of(names, part, parts):
+    """The runs of --part K/N: the K-th of every N, in order (1-based)."""
+    return names[part - 1::parts]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Other flags (e.g. --gpu 0, --use-cpu) go to main.py.")
@@ -643,15 +802,22 @@ def main():
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "log", "study"))
     p.add_argument("--only", nargs="+", choices=list(groups()), help="run these groups only")
     p.add_argument("--report-only", action="store_true", help="build figures and tables only")
+    p.add_argument("--part", default="1/1", metavar="K/N",
+                   help="run the K-th of every N runs only: N processes with parts 1/N ... N/N "
+                        "(each with OMP_NUM_THREADS=1) share the machine's cores")
     args, passthrough = p.parse_known_args()
+    try:
+        part, parts = (int(v) for v in args.part.split("/"))
+        assert 1 <= part <= parts
+    except (ValueError, AssertionError):
+        p.error(f"--part must be K/N with 1 <= K <= N, got {args.part}")
     if not args.report_only:
-        seen = set()
+        runs = {}
         for group in args.only or groups():
-            for settings in groups()[group]:
-                name = run_name(**settings)
-                if name not in seen:  # a run shared by two groups runs once
-                    seen.add(name)
-                    train(name, run_flags(**settings), args, passthrough)
+            for settings in groups()[group]:  # a run shared by two groups runs once
+                runs.setdefault(run_name(**settings), settings)
+        for name in part_of(list(runs), part, parts):
+            train(name, run_flags(**runs[name]), args, passthrough)
     report(args)
 
 

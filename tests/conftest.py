@@ -127,3 +127,80 @@ def tiny_omniglot(tmp_path_factory):
     """A data root holding a tiny Omniglot (6 background, 4 evaluation characters) and
     a 2-run one-shot zip."""
     return write_omniglot(tmp_path_factory.mktemp("omniglot"))
+
+
+# ----------------------------------------------------------------------------- LFW
+
+LFW_PEOPLE = 20  # Person_00 ... Person_19; set k of people.txt: people 2k and 2k + 1
+LFW_SINGLE = (1, 3)  # the people with one image; the others have three
+
+
+def lfw_count(p):
+    return 1 if p in LFW_SINGLE else 3
+
+
+def lfw_name(p):
+    return f"Person_{p:02d}"
+
+
+def lfw_image(p, i, size=250):
+    """A 250x250 RGB 'face': a block whose colour and place depend on the person, on a
+    background that varies with the image, so that a network can tell people apart."""
+    from PIL import Image
+    rng = np.random.default_rng(100 * p + i)
+    pixels = rng.integers(0, 80, size=(size, size, 3))
+    r, c = 70 + 12 * (p % 5), 70 + 12 * (p // 5)
+    pixels[r:r + 60, c:c + 60] = [(37 * p) % 256, (91 * p) % 256, 200]
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def _people_lines(people):
+    return [f"{lfw_name(p)}\t{lfw_count(p)}" for p in people]
+
+
+def _pair_line(pair):
+    if len(pair) == 3:  # matched: Name i j
+        return f"{lfw_name(pair[0])}\t{pair[1]}\t{pair[2]}"
+    return f"{lfw_name(pair[0])}\t{pair[1]}\t{lfw_name(pair[2])}\t{pair[3]}"
+
+
+# View 1: people 0-11 train (1 and 3 with one image), 12-19 test.
+LFW_DEV_TRAIN, LFW_DEV_TEST = range(12), range(12, 20)
+LFW_PAIRS_DEV_TRAIN = [(0, 1, 2), (2, 2, 3), (1, 1, 4, 1), (5, 2, 6, 3)]
+LFW_PAIRS_DEV_TEST = [(12, 1, 2), (13, 1, 3), (14, 1, 15, 2), (16, 3, 17, 1)]
+
+
+def lfw_fold_pairs(k):
+    """Fold k (0-based) of the tiny pairs.txt: one matched and one mismatched pair of set k."""
+    a, b = 2 * k, 2 * k + 1
+    return [(a, 1, 2), (a, 2, b, 1)]
+
+
+def write_lfw(root):
+    """A tiny LFW in torchvision's layout: lfw-py/lfw-deepfunneled/<Name>/<Name>_NNNN.jpg
+    and the protocol files in their official formats (both pair-line forms)."""
+    folder = os.path.join(root, "lfw-py")
+    for p in range(LFW_PEOPLE):
+        os.makedirs(os.path.join(folder, "lfw-deepfunneled", lfw_name(p)), exist_ok=True)
+        for i in range(1, lfw_count(p) + 1):
+            lfw_image(p, i).save(os.path.join(folder, "lfw-deepfunneled", lfw_name(p),
+                                              f"{lfw_name(p)}_{i:04d}.jpg"), quality=90)
+    files = {
+        "peopleDevTrain.txt": [str(len(LFW_DEV_TRAIN))] + _people_lines(LFW_DEV_TRAIN),
+        "peopleDevTest.txt": [str(len(LFW_DEV_TEST))] + _people_lines(LFW_DEV_TEST),
+        "pairsDevTrain.txt": ["2"] + [_pair_line(p) for p in LFW_PAIRS_DEV_TRAIN],
+        "pairsDevTest.txt": ["2"] + [_pair_line(p) for p in LFW_PAIRS_DEV_TEST],
+        "people.txt": ["10"] + [line for k in range(10)
+                                for line in ["2"] + _people_lines([2 * k, 2 * k + 1])],
+        "pairs.txt": ["10\t1"] + [_pair_line(p) for k in range(10) for p in lfw_fold_pairs(k)],
+    }
+    for name, lines in files.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_lfw(tmp_path_factory):
+    """A data root holding a tiny LFW: 20 people, 56 JPEGs, all protocol files."""
+    return write_lfw(tmp_path_factory.mktemp("lfw"))

@@ -23,8 +23,8 @@ def all_settings():
 def test_every_run_is_a_valid_main_command_with_its_settings():
     names = {}
     for s in all_settings():
-        if s.get("dataset") == study.OMNIGLOT:
-            continue  # its own schedule: test_omniglot_runs
+        if s.get("dataset") in (study.OMNIGLOT, study.LFW):
+            continue  # their own schedules: test_omniglot_runs, test_lfw_runs
         args = main.get_parser().parse_args(study.run_flags(**s))
         assert args.weight_cent == s.get("lam", 0.003)
         assert args.feat_dim == s.get("dim", 2) and args.center_update == "paper"
@@ -41,6 +41,31 @@ def test_every_run_is_a_valid_main_command_with_its_settings():
     assert study.run_name(open_set=True, dim=128, lam=0.003, seed=2, lr=0.005) == \
         "mnist-open-d128-lam0.003-alpha0.5-lr0.005-seed2"
     assert main.get_parser().parse_args(study.run_flags(lr=0.005)).lr_model == 0.005
+
+
+def test_lfw_runs(monkeypatch):
+    monkeypatch.setattr(study, "LFW_BEST_LAM", 0.003)  # as once View 1's sweep has chosen
+    runs = study.groups()["lfw"]
+    assert len(runs) == 2 + len(study.LFW_LAMBDAS) - 1 + 2
+    names = set()
+    for s in runs:
+        args = main.get_parser().parse_args(study.run_flags(**s))
+        assert args.dataset == "lfw" and args.lfw_split == "view1" and args.model == "resnet10"
+        assert args.feat_dim == 512 and args.weight_cent == s["lam"] and args.head == s["head"]
+        assert args.lfw_min_images == s["min_images"] and args.max_epoch == study.LFW_MAX_EPOCH
+        assert study.max_epoch(study.run_name(**s)) == study.LFW_MAX_EPOCH
+        names.add(study.run_name(**s))
+    assert len(names) == len(runs)
+    assert study.run_name(**study.lfw_run(0.003, head="cosface", seed=2)) == \
+        "lfw-view1-cosface-lam0.003-alpha0.5-seed2"
+    assert study.run_name(**study.lfw_run(0, min_images=2)) == "lfw-view1-lam0-min2"
+
+
+def test_parts_share_the_runs_out():
+    names = [f"run{i}" for i in range(7)]
+    parts = [study.part_of(names, k, 3) for k in (1, 2, 3)]
+    assert parts == [["run0", "run3", "run6"], ["run1", "run4"], ["run2", "run5"]]
+    assert study.part_of(names, 1, 1) == names
 
 
 def test_omniglot_runs(monkeypatch):
@@ -245,3 +270,37 @@ def test_omniglot_tables_and_figures(tmp_path, monkeypatch):
     assert "| 964, softmax only, seed 2 " + row.replace("70.00", "71.00") in tables
     for picture in ("omniglot_fig5.png", "classes.png"):
         assert os.path.getsize(os.path.join(tmp_path, picture)) > 10_000
+
+
+def test_lfw_tables_and_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "LFW_BEST_LAM", 0.003)
+    figures = {"unseen_auc": "0.93000", "unseen_tar_at_far": "30.00", "unseen_map_at_r": "20.00",
+               "unseen_tar_all_1e-03": "25.000", "unseen_tar_all_1e-04": "10.000",
+               "lfw_threshold": "0.250000"}
+
+    def write_lfw_run(s, ver, finished=True):
+        name = study.run_name(**s)
+        run_dir = write_run(tmp_path, name, [90.0] * study.LFW_MAX_EPOCH,
+                            dict(figures, unseen_ver_accuracy=ver), finished)
+        os.rename(os.path.join(run_dir, "log_mnist.txt"), os.path.join(run_dir, "log_lfw.txt"))
+    write_lfw_run(study.lfw_run(0), "85.10")
+    write_lfw_run(study.lfw_run(0.003), "86.30")
+    write_lfw_run(study.lfw_run(0.01), "99.00", finished=False)  # never quoted
+    for k in range(1, 11):  # softmax only and λ 0.003 on every fold, λ ahead by k/10 points
+        write_lfw_run(study.lfw_run(0, split=f"fold{k}"), f"{80 + k:.2f}")
+        write_lfw_run(study.lfw_run(0.003, split=f"fold{k}"), f"{80 + 1.1 * k:.2f}")
+    study.report(study.argparse.Namespace(runs_dir=str(tmp_path)))
+    with open(os.path.join(tmp_path, "tables.md")) as f:
+        tables = f.read()
+    row = "| 0.9300 | 30.00 | 25.00 | 10.00 | 20.00 | 0.250 | 90.00 | 0.00 |"
+    assert "| softmax only | 85.10 " + row in tables
+    assert "| softmax + λ 0.003, α 0.5 | 86.30 " + row in tables
+    assert "| softmax + λ 0.01, α 0.5 | — |" in tables
+    folds = [80 + k for k in range(1, 11)]
+    mean, se = 85.5, (sum((f - 85.5) ** 2 for f in folds) / 9) ** 0.5 / 10 ** 0.5
+    assert f"| softmax only | {mean:.2f} ± {se:.2f} | — | 10/10 | 81.00 |" in tables
+    diffs = [0.1 * k for k in range(1, 11)]
+    d_se = (sum((d - 0.55) ** 2 for d in diffs) / 9) ** 0.5 / 10 ** 0.5
+    assert f"| λ 0.003 | 86.05 ± {se * 1.1:.2f} | +0.55 ± {d_se:.2f} | 10/10 |" in tables
+    assert "| CosFace | — | — | 0/10 |" in tables
+    assert os.path.getsize(os.path.join(tmp_path, "lfw.png")) > 10_000

@@ -1,0 +1,350 @@
+"""LFW: the protocol files, the splits by person, decoding and its error lines on a tiny
+tree that conftest.py writes in torchvision's layout; the threshold chosen away from the
+test fold; the mirror feature; CosFace against its formula; main.py end to end. The real
+data is never needed."""
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import datasets
+import evaluation
+import main
+import models
+from conftest import (LFW_DEV_TEST, LFW_DEV_TRAIN, LFW_PAIRS_DEV_TEST, LFW_PEOPLE, LFW_SINGLE,
+                      lfw_count, lfw_fold_pairs, lfw_name)
+from test_main import FAST, checkpoint, metrics
+from test_omniglot import error_line
+
+
+@pytest.fixture
+def own_sums(tiny_lfw, monkeypatch):
+    """The MD5 check on: the tiny tree's own sums stand in for torchvision's."""
+    folder = os.path.join(tiny_lfw, "lfw-py")
+    sums = {}
+    for name in datasets.LFW_MD5:
+        with open(os.path.join(folder, name), "rb") as f:
+            sums[name] = hashlib.md5(f.read()).hexdigest()
+    monkeypatch.setattr(datasets, "LFW_MD5", sums)
+    return sums
+
+
+def copy_lfw(tiny_lfw, tmp_path):
+    return str(shutil.copytree(tiny_lfw, tmp_path / "root"))
+
+
+def names(people):
+    return {n for n, _ in people}
+
+
+# ------------------------------------------------------------------------------ protocol
+
+def test_protocol_files_parse_in_both_pair_forms():
+    lines = ["2", "Ann\t1\t2", "Bob\t3\t4", "Ann\t1\tBob\t2", "Cid\t2\tAnn\t1"]
+    assert datasets._parse_pairs(lines, "p.txt") == [[
+        (("Ann", 1), ("Ann", 2), True), (("Bob", 3), ("Bob", 4), True),
+        (("Ann", 1), ("Bob", 2), False), (("Cid", 2), ("Ann", 1), False)]]
+    folds = datasets._parse_pairs(["2\t1", "A\t1\t2", "A\t1\tB\t1", "C\t1\t2", "C\t2\tD\t1"], "p")
+    assert [len(f) for f in folds] == [2, 2] and folds[1][1] == (("C", 2), ("D", 1), False)
+    assert datasets._parse_people(["2", "Ann\t3", "Bob\t1"], "d") == [[("Ann", 3), ("Bob", 1)]]
+    assert datasets._parse_people(["2", "1", "Ann\t3", "2", "Bob\t1", "Cid\t2"], "p") == [
+        [("Ann", 3)], [("Bob", 1), ("Cid", 2)]]
+    with pytest.raises(ValueError, match=r"p.txt, line 3: a mismatched pair must be "
+                                         r"'Name i Other j', got 'A 1 B'"):
+        datasets._parse_pairs(["1", "A\t1\t2", "A\t1\tB"], "p.txt")
+    with pytest.raises(ValueError, match=r"p.txt, line 2: a matched pair must be 'Name i j'"):
+        datasets._parse_pairs(["1", "A\t1\tB\t2", "A\t1\tB\t1"], "p.txt")
+    with pytest.raises(ValueError, match="promises 1 x 4 pairs, it has 3 lines"):
+        datasets._parse_pairs(["2", "A\t1\t2", "B\t1\t2", "A\t1\tB\t1"], "p")
+
+
+@pytest.mark.parametrize("split", datasets.LFW_SPLITS)
+def test_every_split_is_disjoint_by_person(tiny_lfw, own_sums, split):
+    p = datasets.lfw_protocol(tiny_lfw, split)
+    train, test = names(p["train_people"]), names(p["test_people"])
+    assert not train & test
+    assert {a[0] for a, b, _ in p["test_pairs"]} | {b[0] for a, b, _ in p["test_pairs"]} <= test
+    assert ({a[0] for a, b, _ in p["threshold_pairs"]}
+            | {b[0] for a, b, _ in p["threshold_pairs"]}) <= train
+    everyone = {lfw_name(q) for q in range(LFW_PEOPLE)}
+    if split == "view1":
+        assert train == {lfw_name(q) for q in LFW_DEV_TRAIN}
+        assert test == {lfw_name(q) for q in LFW_DEV_TEST}
+    else:
+        k = int(split[4:]) - 1
+        assert test == {lfw_name(2 * k), lfw_name(2 * k + 1)} and train == everyone - test
+        assert len(p["test_pairs"]) == 2 and len(p["threshold_pairs"]) == 18
+        assert p["test_pairs"][0] == ((lfw_name(2 * k), 1), (lfw_name(2 * k), 2), True)
+
+
+def test_a_test_person_in_training_is_an_error(tiny_lfw, tmp_path):
+    root = copy_lfw(tiny_lfw, tmp_path)
+    path = os.path.join(root, "lfw-py", "peopleDevTrain.txt")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    lines[0] = str(int(lines[0]) + 1)
+    lines.append(f"{lfw_name(15)}\t{lfw_count(15)}")  # a View 1 test person
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"1 test people are among the training people "
+                                         f"\\({lfw_name(15)}\\)"):
+        datasets.lfw_protocol(root, "view1", md5s={})
+
+
+def test_load_lfw_labels_pairs_and_crops(tiny_lfw, own_sums):
+    o = datasets.load_lfw(tiny_lfw, "view1")
+    k = len(LFW_DEV_TRAIN)
+    images, labels = o["train"]
+    assert images.shape == (sum(lfw_count(q) for q in LFW_DEV_TRAIN), 3, 72, 72)
+    assert images.dtype == torch.uint8 and o["num_seen"] == k
+    assert o["classes"][:k] == [lfw_name(q) for q in LFW_DEV_TRAIN]
+    lfw, files = o["extra"]["lfw"], o["extra"]["files"]
+    assert lfw["trained_people"] == [lfw_name(q) for q in LFW_DEV_TRAIN]
+    # The test pairs index the test set: their files are the pairs of pairsDevTest.txt.
+    got = [(files[i], files[j], bool(s)) for (i, j), s in zip(lfw["pairs"].tolist(), lfw["same"])]
+    want = []
+    for pair in LFW_PAIRS_DEV_TEST:
+        a, b = (pair[0], pair[1]), ((pair[0], pair[2]) if len(pair) == 3 else (pair[2], pair[3]))
+        want.append((f"{lfw_name(a[0])}_{a[1]:04d}", f"{lfw_name(b[0])}_{b[1]:04d}",
+                     len(pair) == 3))
+    assert got == want
+    test_labels = o["test"][1]
+    first = lfw["num_threshold_images"]
+    assert (test_labels[first:] >= k).all() and (test_labels[first:] < k + len(LFW_DEV_TEST)).all()
+    # the stored crop is the middle 144 px of the original at half resolution
+    from PIL import Image
+    path = os.path.join(tiny_lfw, "lfw-py", "lfw-deepfunneled", lfw_name(0),
+                        f"{lfw_name(0)}_0001.jpg")
+    with Image.open(path) as im:
+        im.draft("RGB", (125, 125))
+        ref = torch.tensor(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(images[0], ref[:, 26:98, 26:98])
+    mean = (images.double() / 255).mean((0, 2, 3))
+    assert torch.allclose(torch.tensor(o["mean"], dtype=torch.float64), mean)
+
+
+def test_people_with_one_image_can_be_left_out_of_the_classes(tiny_lfw, own_sums):
+    o = datasets.load_lfw(tiny_lfw, "view1", min_images=2)
+    kept = [lfw_name(q) for q in LFW_DEV_TRAIN if q not in LFW_SINGLE]
+    assert o["classes"][:o["num_seen"]] == kept and o["num_seen"] == len(kept)
+    assert o["extra"]["lfw"]["people_not_classes"] == [lfw_name(q) for q in LFW_SINGLE]
+    assert len(o["train"][1]) == 3 * len(kept)
+    # Their images still serve the threshold pairs, with labels that are no class.
+    files, labels = o["extra"]["files"], o["test"][1]
+    single = files.index(f"{lfw_name(1)}_0001")
+    assert labels[single] >= o["num_seen"] + len(LFW_DEV_TEST)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+def test_bad_protocol_files_are_named(tiny_lfw, own_sums, tmp_path):
+    root = copy_lfw(tiny_lfw, tmp_path)
+    folder = os.path.join(root, "lfw-py")
+    with open(os.path.join(folder, "pairs.txt"), "a") as f:
+        f.write("\n")  # a blank line: the content differs, the pairs do not
+    with open(os.path.join(folder, "pairs.txt"), "rb") as f:
+        got = hashlib.md5(f.read()).hexdigest()
+    with pytest.raises(ValueError) as e:
+        datasets.lfw_protocol(root, "fold3")
+    assert str(e.value) == (f"{os.path.join(folder, 'pairs.txt')} has MD5 {got}, not "
+                            f"{own_sums['pairs.txt']} (torchvision's): it is damaged or another "
+                            f"version; download pairs.txt again from {datasets.LFW_URL}")
+    os.remove(os.path.join(folder, "peopleDevTest.txt"))
+    with pytest.raises(FileNotFoundError, match="LFW's protocol file .*peopleDevTest.txt is "
+                                                "missing: download peopleDevTest.txt"):
+        datasets.lfw_protocol(root, "view1")
+    for split in ("fold0", "fold11", "view2"):
+        with pytest.raises(ValueError, match=f"--lfw-split must be view1 or fold1 ... fold10, "
+                                             f"got '{split}'"):
+            datasets.lfw_protocol(root, split)
+
+
+def test_cli_error_lines(tiny_lfw, own_sums, tmp_path, monkeypatch):
+    root = copy_lfw(tiny_lfw, tmp_path)
+    before = sorted(os.walk(root))
+    jpeg = os.path.join(root, "lfw-py", "lfw-deepfunneled", lfw_name(5), f"{lfw_name(5)}_0002.jpg")
+    with open(jpeg, "r+b") as f:
+        f.truncate(300)
+    line = error_line(monkeypatch, "-d", "lfw", "--data-root", root, "--save-dir",
+                      str(tmp_path / "out"))
+    assert line.startswith(f"error: {jpeg}: cannot decode this JPEG (")
+    assert line.endswith("); replace the file with the one of the LFW download")
+    shutil.rmtree(os.path.join(root, "lfw-py", "lfw-deepfunneled"))
+    line = error_line(monkeypatch, "-d", "lfw", "--data-root", root, "--save-dir",
+                      str(tmp_path / "out"))
+    images = os.path.join(root, "lfw-py", "lfw-deepfunneled")
+    assert line.startswith(f"error: no LFW images in {images}: torchvision no longer downloads "
+                           f"LFW; download the deep-funneled images")
+    # nothing was written into the data root
+    after = sorted(os.walk(root))
+    assert [d for d, _, _ in after] == [d for d, _, _ in before if d != images
+                                        and not d.startswith(images + os.sep)]
+    assert not any(f.endswith((".pt", ".tmp")) for _, _, fs in after for f in fs)
+
+
+def test_cli_flag_errors(capsys):
+    for flags, fragment in (
+            (["-d", "lfw", "--lfw-split", "fold11"],
+             "argument --lfw-split: invalid choice: 'fold11'"),
+            (["--lfw-split", "fold2"], "--lfw-split is for -d lfw, not mnist"),
+            (["-d", "lfw", "--model", "cnn"], "-d lfw has 3 x 64 x 64 face crops: --model "
+                                              "resnet10 or resnet18, not cnn"),
+            (["--model", "resnet10"], "-d mnist has 1 x 28 x 28 glyphs: --model cnn, not resnet10"),
+            (["-d", "lfw", "--holdout-classes", "1,2"], "lfw has its own unseen classes")):
+        with pytest.raises(SystemExit) as exc:
+            main.main(flags)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+def test_threshold_is_never_chosen_on_the_test_pairs():
+    # Threshold pairs separate at 0.5; the test pairs' own best threshold is 0.1. The
+    # protocol's accuracy must be that of 0.5, whatever the test pairs' scores are.
+    g = torch.Generator().manual_seed(0)
+    features = F.normalize(torch.randn(40, 3, generator=g), dim=1)
+
+    def pair_with_cosine(i, c):  # image i + 20: a feature at cosine c to image i's
+        u, v = features[i], torch.randn(3, generator=g)
+        v = F.normalize(v - (v @ u) * u, dim=0)
+        features[i + 20] = c * u + (1 - c * c) ** 0.5 * v
+        return [i, i + 20]
+    threshold_cos = [0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1]
+    threshold_pairs = torch.tensor([pair_with_cosine(i, c) for i, c in enumerate(threshold_cos)])
+    threshold_same = torch.tensor([True] * 4 + [False] * 4)
+    test_cos = [0.45, 0.35, 0.3, 0.2, 0.05, 0.0]
+    pairs = torch.tensor([pair_with_cosine(10 + i, c) for i, c in enumerate(test_cos)])
+    same = torch.tensor([True] * 4 + [False] * 2)
+    v = evaluation.protocol_verification(features, pairs, same, threshold_pairs, threshold_same)
+    assert 0.4 < v["threshold"] < 0.6 and v["threshold_accuracy"] == 1.0
+    assert v["accuracy"] == pytest.approx(2 / 6)  # none is above 0.5: the 2 different right
+    oracle = max(((torch.tensor(test_cos) > t) == same).float().mean().item()
+                 for t in (0.1, 0.25, 0.32))
+    assert oracle == 1.0 > v["accuracy"]
+    assert v["auc"] == 1.0
+    # Moving the test pairs moves nothing of the threshold.
+    features[30:36] = F.normalize(torch.randn(6, 3, generator=g), dim=1)
+    w = evaluation.protocol_verification(features, pairs, same, threshold_pairs, threshold_same)
+    assert w["threshold"] == v["threshold"]
+
+
+def test_standard_error_as_the_lfw_results_page():
+    mean, se = evaluation.standard_error([0.9, 0.92, 0.94, 0.96])
+    assert mean == pytest.approx(0.93)
+    assert se == pytest.approx(torch.tensor([0.9, 0.92, 0.94, 0.96]).std().item() / 2)
+    with pytest.raises(ValueError, match="at least 2 numbers"):
+        evaluation.standard_error([0.9])
+
+
+def test_cosface_loss_matches_its_formula():
+    g = torch.Generator().manual_seed(1)
+    head = models.CosFace(8, 5)
+    x = torch.randn(6, 8, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    cos = head(x)
+    s, m = 30.0, 0.25
+    loss = models.CosFaceLoss(scale=s, margin=m)(cos, labels)
+    brute = 0.0
+    for i in range(6):
+        w = head.weight / head.weight.norm(dim=1, keepdim=True)
+        c = [(x[i] / x[i].norm()) @ w[j] for j in range(5)]
+        target = torch.exp(s * (c[labels[i]] - m))
+        others = sum(torch.exp(s * c[j]) for j in range(5) if j != labels[i])
+        brute += -torch.log(target / (target + others)) / 6
+    assert torch.allclose(loss, brute, atol=1e-5)
+    x64 = x.double().requires_grad_()
+    w64 = head.weight.detach().double().requires_grad_()
+    f = lambda a, b: models.CosFaceLoss(s, m)(  # noqa: E731
+        F.normalize(a, dim=1) @ F.normalize(b, dim=1).T, labels)
+    assert torch.autograd.gradcheck(f, (x64, w64))
+    with pytest.raises(ValueError, match="margin must be in"):
+        models.CosFaceLoss(margin=-0.1)
+
+
+def test_random_crop_flip_is_a_seeded_window_and_splits_over_ranks():
+    images = torch.arange(4 * 3 * 9 * 9, dtype=torch.int64).view(4, 3, 9, 9).to(torch.uint8)
+    crop = datasets.RandomCropFlip(6, torch.Generator().manual_seed(5))
+    out = crop(images)
+    again = datasets.RandomCropFlip(6, torch.Generator().manual_seed(5))(images)
+    assert torch.equal(out, again) and out.shape == (4, 3, 6, 6)
+
+    def windows(n):
+        return [images[n, :, top:top + 6, left:left + 6] for top in range(4) for left in range(4)]
+    for n in range(4):  # each output is a 6x6 window of its image, mirrored or not
+        assert any(torch.equal(out[n], w) or torch.equal(out[n], w.flip(2)) for w in windows(n))
+    flipped = sum(not any(torch.equal(out[n], w) for w in windows(n)) for n in range(4))
+    assert 0 < flipped < 4  # seed 5 mirrors some, not all
+    # Two ranks' halves, each drawing for the global batch, equal one process's crops.
+    g0, g1 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    halves = [datasets.RandomCropFlip(6, g0)(images[:2], 0, 4),
+              datasets.RandomCropFlip(6, g1)(images[2:], 2, 4)]
+    assert torch.equal(torch.cat(halves), out)
+
+
+def test_test_features_are_the_image_plus_its_mirror(tiny_lfw, own_sums):
+    torch.manual_seed(0)
+    dataset = datasets.create("lfw", batch_size=8, use_gpu=False, root=tiny_lfw)
+    model = models.create("resnet10", dataset.num_classes, feat_dim=16).eval()
+    args = main.get_parser().parse_args(["-d", "lfw", "--use-cpu"])
+    args.channels_last = False
+    acc, err, features, labels, _ = main.test(model, dataset, args)
+    x = datasets.normalise(dataset.testloader.images[:, :, 4:68, 4:68], dataset.testloader.mean,
+                           dataset.testloader.std)
+    with torch.no_grad():
+        want = model(x)[0] + model(x.flip(3))[0]
+    assert torch.allclose(features, want, atol=1e-5)
+    assert torch.equal(main.combine_mirror(want[:, :2], want[:, 2:4], "concat"),
+                       torch.cat([want[:, :2], want[:, 2:4]], 1))
+
+
+# ------------------------------------------------------------------------------ end to end
+
+def test_train_and_evaluate_lfw(tmp_path, tiny_lfw, own_sums, capsys):
+    save_dir = str(tmp_path / "run")
+    main.main(["-d", "lfw", "--data-root", tiny_lfw, "--save-dir", save_dir, *FAST,
+               "--batch-size", "8", "--max-epoch", "2", "--feat-dim", "16", "--lr-model",
+               "0.01", "--lfw-split", "fold4", "--weight-cent", "0.003", "--center-update",
+               "paper", "--head", "cosface"])
+    out = capsys.readouterr().out
+    assert ("LFW fold4: training on 50 images of 18 people; testing 2 pairs (1 matched) of 2 "
+            "people never trained on (6 images); the threshold is chosen on 18 pairs of "
+            "trained people") in out
+    rows = metrics(save_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ("unseen_ver_accuracy", "unseen_auc", "lfw_threshold", "unseen_map_at_r",
+                "unseen_tar_all_1e-03"):
+        assert rows[-1][key] != "", key
+    assert float(rows[-1]["unseen_ver_accuracy"]) in (0, 50, 100)
+    assert os.path.exists(os.path.join(save_dir, "roc.png"))
+    saved = torch.load(os.path.join(save_dir, "test_features.pt"), weights_only=True)
+    test_people = {lfw_name(6), lfw_name(7)}
+    assert {f.rsplit("_", 1)[0] for f in saved["files"]} == test_people
+    assert not test_people & set(saved["trained_people"]) and len(saved["trained_people"]) == 18
+    assert saved["features"].shape == (len(saved["files"]), 16)
+    assert saved["pairs"].shape == (2, 2) and saved["same"].tolist() == [True, False]
+    assert [saved["files"][i] for i in saved["pairs"][0]] == [
+        f"{lfw_name(6)}_{j:04d}" for j in lfw_fold_pairs(3)[0][1:]]
+    ckpt = checkpoint(save_dir)
+    assert ckpt["args"]["lfw_split"] == "fold4" and ckpt["args"]["model"] == "resnet10"
+    # --evaluate takes the split and the model from the checkpoint, same figures.
+    path = os.path.join(save_dir, "checkpoint.pth.tar")
+    main.main(["-d", "lfw", "--data-root", tiny_lfw, "--use-cpu", "--evaluate", "--resume", path])
+    evaluated = capsys.readouterr().out
+    starts = ("Accuracy", "LFW fold4 (", "Retrieval", "Verification")
+
+    def figures(text):
+        return [line for line in text.splitlines() if line.startswith(starts)]
+    assert len(figures(evaluated)) == 4 and figures(evaluated) == figures(out)[-4:]
+    # Resuming on another split would train other people: refused.
+    with pytest.raises(SystemExit) as exc:
+        main.main(["-d", "lfw", "--data-root", tiny_lfw, "--use-cpu", "--save-dir", save_dir,
+                   "--lfw-split", "fold5", "--max-epoch", "3", "--feat-dim", "16", "--head",
+                   "cosface", "--center-update", "paper", "--resume", path])
+    assert exc.value.code.endswith("was made with --lfw-split fold4 (now fold5): pass the "
+                                   "checkpoint's values, or leave out --resume to start a new run")
