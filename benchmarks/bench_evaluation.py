@@ -554,8 +554,9 @@ def time_lfw_loading(data_root, drop_caches):
             reference = images if reference is None else reference
             assert torch.equal(images, reference), f"{what}: not the one-process images"
             print(f"loading LFW View 1 from {data_root} ({what}; OS page cache "
-                  f"{'dropped' if drop_caches else 'as it was'}): {len(images):,} face crops "
-                  f"in {seconds:.2f} s, target < {target} s: "
+                  f"{'dropped' if drop_caches else 'as it was'}): {len(o['train'][0]):,} "
+                  f"training and {len(o['test'][0]):,} test crops in {seconds:.2f} s, target "
+                  f"< {target} s: "
                   f"{'met' if seconds < target else 'NOT met'}", flush=True)
     datasets.DECODE_POOL_MIN_FILES = pool_min
     if before is None:

@@ -101,8 +101,10 @@ LFW = "lfw"
 LFW_LR, LFW_MAX_EPOCH, LFW_STEPSIZE, LFW_EVAL_FREQ = 0.1, 20, 8, 2
 LFW_LAMBDAS = [0, 0.0003, 0.001, 0.003, 0.01, 0.03]
 # People with one image: softmax classes or not (--lfw-min-images 1 or 2), measured on View 1
-# with softmax only; the rest of the study uses LFW_MIN_IMAGES.
-LFW_MIN_IMAGES = 1
+# with softmax only (seed 1): 2 (1,184 classes, 6,671 images) against 1 (4,038 classes, 9,525
+# images) gave 82.70 against 81.60% LFW accuracy, AUC 0.9166 against 0.8992, MAP@R 21.10
+# against 18.99%, in 30% less time. The rest of the study trains the people with 2+ images.
+LFW_MIN_IMAGES = 2
 LFW_BEST_LAM = None  # View 1's best λ, once its sweep is finished
 LFW_HEADS = ("softmax", "cosface")
 
@@ -486,16 +488,19 @@ def omniglot_tables(args):
 
 LFW_HEADER = ["LFW accuracy %", "AUC", "TAR@FAR=1e-3 %", "all pairs: TAR@FAR=1e-3 %",
               "TAR@FAR=1e-4 %", "MAP@R %", "threshold", "trained people's images: acc. %",
-              "spread of last 3 LFW acc."]
+              "spread of last 3 AUC (points)"]
 
 
 def lfw_last(name, args):
-    """last() for an LFW run: the spread is that of the test pairs' accuracy (the only
-    class-labelled test images are training images)."""
+    """last() for an LFW run, whose convergence is read off the test pairs' AUC (in points:
+    x 100). The only class-labelled test images are training images, and the accuracy of
+    1,000 pairs through a threshold chosen on other pairs moves by 0.5-0.7 points between
+    evaluations of a run whose AUC stays within 0.03 (one pair is 0.1 point)."""
     row = last(name, args)
     if row is not None:
-        accs = [float(r["unseen_ver_accuracy"]) for r in read_rows(os.path.join(args.runs_dir, name))[-3:]]
-        row["spread"] = max(accs) - min(accs)
+        aucs = [100 * float(r["unseen_auc"])
+                for r in read_rows(os.path.join(args.runs_dir, name))[-3:]]
+        row["spread"] = max(aucs) - min(aucs)
     return row
 
 
@@ -513,7 +518,8 @@ def lfw_lines(settings, args, label):
 def lfw_describe(s):
     text = "CosFace" if s["head"] == "cosface" else "softmax"
     text += f" + λ {s['lam']:g}, α 0.5" if s["lam"] else " only"
-    text += f", people with {s['min_images']}+ images as classes" if s["min_images"] != 1 else ""
+    if s["min_images"] != LFW_MIN_IMAGES:
+        text += f", people with {s['min_images']}+ images as classes"
     return text + (f", seed {s['seed']}" if s["seed"] != 1 else "")
 
 

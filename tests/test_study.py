@@ -57,8 +57,9 @@ def test_lfw_runs(monkeypatch):
         names.add(study.run_name(**s))
     assert len(names) == len(runs)
     assert study.run_name(**study.lfw_run(0.003, head="cosface", seed=2)) == \
-        "lfw-view1-cosface-lam0.003-alpha0.5-seed2"
-    assert study.run_name(**study.lfw_run(0, min_images=2)) == "lfw-view1-lam0-min2"
+        "lfw-view1-cosface-lam0.003-alpha0.5-min2-seed2"
+    assert study.run_name(**study.lfw_run(0, min_images=1)) == "lfw-view1-lam0"
+    assert study.run_name(**study.lfw_run(0)) == "lfw-view1-lam0-min2"  # LFW_MIN_IMAGES
 
 
 def test_parts_share_the_runs_out():
@@ -292,7 +293,7 @@ def test_lfw_tables_and_figure(tmp_path, monkeypatch):
     study.report(study.argparse.Namespace(runs_dir=str(tmp_path)))
     with open(os.path.join(tmp_path, "tables.md")) as f:
         tables = f.read()
-    row = "| 0.9300 | 30.00 | 25.00 | 10.00 | 20.00 | 0.250 | 90.00 | 0.00 |"
+    row = "| 0.9300 | 30.00 | 25.00 | 10.00 | 20.00 | 0.250 | 90.00 | 0.00 |"  # AUC flat
     assert "| softmax only | 85.10 " + row in tables
     assert "| softmax + λ 0.003, α 0.5 | 86.30 " + row in tables
     assert "| softmax + λ 0.01, α 0.5 | — |" in tables
