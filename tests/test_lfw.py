@@ -348,3 +348,35 @@ def test_train_and_evaluate_lfw(tmp_path, tiny_lfw, own_sums, capsys):
                    "cosface", "--center-update", "paper", "--resume", path])
     assert exc.value.code.endswith("was made with --lfw-split fold4 (now fold5): pass the "
                                    "checkpoint's values, or leave out --resume to start a new run")
+
+
+def test_sharded_loaders_crop_as_one_process():
+    # torchrun: each rank's part of each augmented batch is that part of one process's batch.
+    images = torch.randint(0, 256, (20, 3, 9, 9), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(20)
+
+    def batches(rank, world):
+        g = torch.Generator().manual_seed(3)
+        loader = datasets.TensorLoader(images, labels, 8, [0.5] * 3, [0.25] * 3, shuffle=True,
+                                       generator=g, rank=rank, world_size=world,
+                                       transform=datasets.RandomCropFlip(6, g))
+        return [b for _ in range(2) for b in loader]  # two epochs
+    single = batches(0, 1)
+    ranks = [batches(r, 2) for r in range(2)]
+    for i, (x, y) in enumerate(single):
+        assert torch.equal(torch.cat([ranks[0][i][0], ranks[1][i][0]]), x)
+        assert torch.equal(torch.cat([ranks[0][i][1], ranks[1][i][1]]), y)
+
+
+def test_resumed_lfw_run_equals_an_uninterrupted_one(tmp_path, tiny_lfw, own_sums):
+    flags = ["-d", "lfw", "--data-root", tiny_lfw, *FAST, "--batch-size", "8", "--feat-dim",
+             "8", "--lr-model", "0.01", "--weight-cent", "0.01", "--center-update", "paper"]
+    main.main([*flags, "--max-epoch", "2", "--save-dir", str(tmp_path / "straight")])
+    main.main([*flags, "--max-epoch", "1", "--save-dir", str(tmp_path / "resumed")])
+    main.main([*flags, "--max-epoch", "2", "--save-dir", str(tmp_path / "resumed"), "--resume",
+               str(tmp_path / "resumed" / "checkpoint.pth.tar")])
+    a, b = checkpoint(str(tmp_path / "straight")), checkpoint(str(tmp_path / "resumed"))
+    for key in ("model", "center_loss"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    assert torch.equal(a["shuffle_rng"], b["shuffle_rng"])
