@@ -166,17 +166,51 @@ class Dataset:
         return len(self.classes) > self.num_classes
 
 
+def _new_folders(folder):
+    """The folders on the way to `folder` that do not exist yet, deepest first."""
+    missing, folder = [], os.path.abspath(folder)
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+def _remove_empty(folders):
+    """torchvision makes its folders before it downloads: after a failed download, remove
+    those of `folders` (made by the attempt, deepest first) that are still empty, so that
+    a wrong --data-root leaves nothing behind. A folder holding a file stays."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+def _why(e):
+    """What went wrong in a failed download, in words for the error line: the file that
+    could not be written ('permission denied: /data'), else the network's answer
+    ('the download failed: Connection refused', 'HTTP Error 404: Not Found') as the
+    message of torchvision's error (which names each mirror tried) holds it."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.strerror[:1].lower()}{e.strerror[1:]}: {e.filename}"
+    text = f"{e} {getattr(e, 'reason', '')}"
+    answer = re.search(r"\[Errno -?\d+\] ([^>\n\]]+)|(HTTP Error \d+: [^>\n]+)", text)
+    return "the download failed" + (f": {(answer[1] or answer[2]).strip()}" if answer else "")
+
+
 def _load(cls, root, train, name):
     folder = os.path.join(os.path.abspath(root), cls.__name__, "raw")
+    new = _new_folders(folder)
     try:
         return cls(root, train=train, download=True)
     except Exception as e:  # no network, a proxy error, a corrupt file ...
+        _remove_empty(new)
         broken = _check_idx_files(folder)
         if broken:
             raise ValueError(f"{name}: {broken}; delete it to have it downloaded again, "
                              f"or replace it") from None
         raise FileNotFoundError(
-            f"cannot load {name} from {folder} and cannot download it ({type(e).__name__}); "
+            f"cannot load {name} from {folder} and cannot download it ({_why(e)}); "
             f"put {', '.join(RAW_FILES)} (or their .gz) there, or pass --data-root "
             f"to the folder that holds {cls.__name__}/raw") from None
 
@@ -303,13 +337,15 @@ def _omniglot_folder(root, split):
     """root/omniglot-py/<split>, downloaded by torchvision when missing."""
     folder = os.path.join(os.path.abspath(root), "omniglot-py", split)
     if not os.path.isdir(folder):
+        new = _new_folders(folder)
         try:
             torchvision.datasets.Omniglot(root, background=split == OMNIGLOT_SPLITS[0],
                                           download=True)
         except Exception as e:  # no network, a proxy error, a corrupt zip ...
+            _remove_empty(new)
             raise FileNotFoundError(
                 f"cannot load Omniglot from {folder} and cannot download it "
-                f"({type(e).__name__}); extract {split}.zip there (torchvision's layout "
+                f"({_why(e)}); extract {split}.zip there (torchvision's layout "
                 f"{split}/<Alphabet>/characterNN/<id>_<drawer>.png), or pass --data-root "
                 f"to the folder that holds omniglot-py/") from None
     return folder
@@ -534,13 +570,15 @@ def one_shot_path(root):
     folder = os.path.join(os.path.abspath(root), "omniglot-one-shot")
     path = os.path.join(folder, "all_runs.zip")
     if not os.path.isfile(path):
+        new = _new_folders(folder)
         try:
             torchvision.datasets.utils.download_url(ONE_SHOT_URL, folder, "all_runs.zip",
                                                     md5=ONE_SHOT_MD5)
         except Exception as e:
+            _remove_empty(new)
             raise FileNotFoundError(
                 f"cannot find Lake et al.'s one-shot runs at {path} and cannot download them "
-                f"({type(e).__name__}); put all_runs.zip of the Omniglot repository "
+                f"({_why(e)}); put all_runs.zip of the Omniglot repository "
                 f"(python/one-shot-classification/, MD5 {ONE_SHOT_MD5}) there") from None
     return path
 

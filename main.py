@@ -69,7 +69,7 @@ def get_parser():
         epilog="The defaults run 100 epochs, hours on a CPU, and the first epoch ends near "
                "10% test accuracy: the slow start of --lr-model 0.001 (README.md, 'Set up, run, "
                "test'). "
-               "Clusters in two epochs (about 10 minutes on a 2-core CPU): --use-cpu --plot "
+               "Clusters in two epochs (about 10 minutes on a 2-core CPU): --plot "
                "--max-epoch 2 --lr-model 0.01 --center-update paper --stepsize 5 --gamma 0.1.")
     # dataset
     dataset = p.add_argument("-d", "--dataset", type=str, default="mnist",
@@ -577,6 +577,7 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
         evaluation = test(model, dataset, args)
         if rank == 0:
             report(args, dataset, start_epoch - 1, evaluation, criterion_cent)
+        print(outputs_line(args, start_epoch))
         return
     if ckpt is not None:
         if rank == 0:
@@ -610,6 +611,7 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
                                         elapsed_before + time.time() - start_time, args),
                                   checkpoint_path)
         progress.update(saved=epoch + 1, path=checkpoint_path)
+        print(epoch_time_line(epoch, args.max_epoch, time.time() - epoch_start))
 
     if world > 1:  # a cheap end-of-run proof that DDP and the centers' sync held
         same = utils.ranks_identical(model, criterion_cent)
@@ -618,6 +620,41 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
     elapsed = round(elapsed_before + time.time() - start_time)
     elapsed = str(datetime.timedelta(seconds=elapsed))
     print("Finished. Total elapsed time (h:m:s): {}".format(elapsed))
+    print(outputs_line(args, args.max_epoch))
+
+
+def epoch_time_line(epoch, max_epoch, seconds):
+    """How long the epoch took (training, test, plots and checkpoint), and what the
+    epochs left would take at that pace: a CPU run of the defaults takes hours."""
+    line = "Epoch {}/{} took {:.1f} s".format(epoch + 1, max_epoch, seconds)
+    left = max_epoch - epoch - 1
+    if left:
+        line += "; {} {} left: about {} (h:m:s) at this pace".format(
+            left, "epoch" if left == 1 else "epochs",
+            datetime.timedelta(seconds=round(left * seconds)))
+    return line
+
+
+def outputs_line(args, epoch):
+    """The last line of a run: the folder and the files this run wrote there. Names are
+    kept only where the file exists (LFW draws no test scatter)."""
+    if args.evaluate:  # beside the checkpoint: the log is appended to, the rest rewritten
+        names = ["roc.png", "test_features.pt"]
+        if args.plot:
+            names.append("evaluate_test_epoch_{}.png".format(epoch))
+    else:
+        names = ["checkpoint.pth.tar", "metrics.csv", "curves.png", "roc.png",
+                 "test_features.pt"]
+        if args.plot:
+            names += ["train.gif", "test.gif"]
+    names = ["log_{}.txt".format(args.dataset)] + [
+        n for n in names if os.path.exists(os.path.join(args.save_dir, n))]
+    line = "Outputs in {}: {}".format(os.path.join(args.save_dir, ""), ", ".join(names))
+    frames = [split + "/" for split in ("train", "test")
+              if args.plot and not args.evaluate and split + ".gif" in names]
+    if frames:
+        line += " (one frame per epoch in {})".format(" and ".join(frames))
+    return line
 
 
 def record(args, dataset, epoch, losses, evaluation, criterion_cent, lr, epoch_time, fields):
@@ -625,8 +662,8 @@ def record(args, dataset, epoch, losses, evaluation, criterion_cent, lr, epoch_t
     and with --plot the training features' frame and GIF."""
     loss, xent, cent, train_features, train_labels = losses
     if args.plot:
-        plot_epoch(args, dataset, epoch, "train", train_features, train_labels,
-                   evaluation and evaluation[0], criterion_cent)
+        plot_epoch(args, dataset, epoch, "train", train_features, train_labels, None,
+                   criterion_cent)
     if evaluation is None:
         return
     row = report(args, dataset, epoch, evaluation, criterion_cent)
@@ -686,10 +723,12 @@ def measure(features, labels, name):
     figures = measure_retrieval(features, labels, name)
     pairs = evaluation.verification_pairs(labels, NUM_PAIRS, seed=PAIRS_SEED)
     v = evaluation.verification_metrics(features, labels, pairs)
-    print("Verification, {} (cosine, {} pairs, 10 folds): Accuracy (%): {:.2f} +- {:.2f}\t "
-          "AUC: {:.4f}\t TAR@FAR=1e-3 (%): {:.2f}".format(
-              name, len(pairs), 100 * v["accuracy"], 100 * v["accuracy_std"], v["auc"],
-              100 * v["tar_at_far"]))
+    print_verification(v, name, "cosine", len(pairs))
+    # By L2 distance too (printed, not in metrics.csv): cosine sees only a feature's angle,
+    # while center loss shapes its length as well; at 2-D the two can disagree widely.
+    measure_retrieval(features, labels, name, metric="euclidean")
+    v_l2 = evaluation.verification_metrics(features, labels, pairs, metric="euclidean")
+    print_verification(v_l2, name, "L2", len(pairs))
     figures.update(ver_accuracy=f"{100 * v['accuracy']:.2f}",
                    ver_accuracy_std=f"{100 * v['accuracy_std']:.2f}",
                    auc=f"{v['auc']:.5f}", tar_at_far=f"{100 * v['tar_at_far']:.2f}")
@@ -697,11 +736,19 @@ def measure(features, labels, name):
     return figures, (v["fpr"], v["tpr"])
 
 
-def measure_retrieval(features, labels, name):
+def print_verification(v, name, metric, num_pairs):
+    print("Verification, {} ({}, {} pairs, 10 folds): Accuracy (%): {:.2f} +- {:.2f}\t "
+          "AUC: {:.4f}\t TAR@FAR=1e-3 (%): {:.2f}".format(
+              name, metric, num_pairs, 100 * v["accuracy"], 100 * v["accuracy_std"], v["auc"],
+              100 * v["tar_at_far"]))
+
+
+def measure_retrieval(features, labels, name, metric="cosine"):
     """Leave-one-out retrieval of these features, printed; the metrics.csv values."""
-    r = evaluation.retrieval_metrics(features, labels)
-    print("Retrieval, {} (cosine, {} queries): P@1 (%): {:.2f}\t R-precision (%): {:.2f}\t "
-          "MAP@R (%): {:.2f}".format(name, r["num_queries"], 100 * r["precision_at_1"],
+    r = evaluation.retrieval_metrics(features, labels, metric=metric)
+    print("Retrieval, {} ({}, {} queries): P@1 (%): {:.2f}\t R-precision (%): {:.2f}\t "
+          "MAP@R (%): {:.2f}".format(name, "L2" if metric == "euclidean" else metric,
+                                     r["num_queries"], 100 * r["precision_at_1"],
                                      100 * r["r_precision"], 100 * r["map_at_r"]))
     return dict(precision_at_1=f"{100 * r['precision_at_1']:.2f}",
                 r_precision=f"{100 * r['r_precision']:.2f}",
@@ -793,9 +840,14 @@ def measure_one_shot(support, queries, answers):
 
 
 def plot_epoch(args, dataset, epoch, split, features, labels, acc, criterion_cent):
-    title = "{} {}, epoch {}".format(args.dataset, split, epoch + 1)
-    if acc is not None:
-        title += ", test accuracy {:.2f}%".format(acc)
+    if split == "train":
+        # Gathered batch by batch while the weights moved: no test figure belongs here.
+        title = "{} training features, epoch {} (collected while training)".format(
+            args.dataset, epoch + 1)
+    else:
+        title = "{} test features, epoch {}".format(args.dataset, epoch + 1)
+        if acc is not None:
+            title += ", test accuracy {:.2f}%".format(acc)
     # The centers mean something only when center loss trains them.
     centers = criterion_cent.centers if args.weight_cent > 0 else None
     frames = os.path.join(args.save_dir, split)

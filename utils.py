@@ -4,6 +4,7 @@ import csv
 import os
 import re
 import sys
+import zipfile
 
 import torch
 import torch.distributed as dist
@@ -151,26 +152,35 @@ def _colors(num_classes):
 def plot_features(features, labels, classes, path, title, num_seen=None, centers=None):
     """Scatter of (N, D) features coloured by class, one fixed colour per class. Classes
     from `num_seen` on are held-out ones, marked "(unseen)" in the legend; `centers`
-    (C, D), if given, are drawn as black-edged dots. Equal scales on both axes. Returns
-    the saved (closed) figure, whose axes can be read back."""
+    (C, D), if given, are drawn as black-edged dots, "class centers" in the legend (2-D
+    features only). Equal scales on both axes. Returns the saved (closed) figure, whose
+    axes can be read back."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     points = project_2d(features).numpy()
     labels = labels.numpy()
     num_seen = len(classes) if num_seen is None else num_seen
     fig, ax = plt.subplots(figsize=(6, 6), dpi=80)
+    handles = []  # the legend's markers, drawn at one size: the points are too small to see
     for j, (name, color) in enumerate(zip(classes, _colors(len(classes)))):
         pts = points[labels == j]
         if len(pts):
-            ax.scatter(pts[:, 0], pts[:, 1], s=1, color=color, rasterized=True,
-                       label=name if j < num_seen else name + " (unseen)")
+            ax.scatter(pts[:, 0], pts[:, 1], s=1, color=color, rasterized=True)
+            if len(classes) <= 20:  # more names than a legend can show
+                handles.append(Line2D([], [], ls="", marker="o", ms=5, color=color,
+                                      label=name if j < num_seen else name + " (unseen)"))
     if centers is not None and features.shape[1] == 2:
         c = centers.detach().float().cpu().numpy()
         ax.scatter(c[:, 0], c[:, 1], s=40, c=_colors(len(classes))[:len(c)],
                    edgecolors="black", linewidths=1.2, zorder=3)
-    if len(classes) <= 20:
-        ax.legend(loc="upper right", markerscale=6, fontsize=7)
+        # The black-edged dots are the learned centers, each in its class's colour.
+        handles.append(Line2D([], [], ls="", marker="o", ms=7, markerfacecolor="lightgray",
+                              markeredgecolor="black", markeredgewidth=1.2,
+                              label="class centers"))
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=7)
     # One unit is as long on both axes: otherwise matplotlib stretches a thin cloud to a
     # square and the cluster geometry center loss is about is lost.
     ax.set_aspect("equal", adjustable="datalim")
@@ -338,16 +348,32 @@ CHECKPOINT_KEYS = ("epoch", "model", "center_loss", "optimizer_model", "optimize
 
 
 def load_checkpoint(path, device="cpu"):
-    """The checkpoint at `path`; ValueError naming the file when it is not one of main.py's."""
+    """The checkpoint at `path`; ValueError naming the file, what is wrong with it and
+    what to pass instead when it is not one of main.py's."""
+    instead = "pass the checkpoint.pth.tar that main.py saves in its --save-dir"
     try:
         # weights_only=True: unpickling a checkpoint cannot run code.
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a text file, a truncated file, another program's pickle ...
+    except Exception:  # a text file, a truncated file, another program's pickle ...
         # torch's own message advises weights_only=False, which is no fix for a wrong file.
-        raise ValueError(f"{path} is not a checkpoint of main.py: torch.load cannot read it "
-                         f"({type(e).__name__})") from None
+        raise ValueError(f"{path} is not a checkpoint of main.py: {_unreadable(path)}; "
+                         f"{instead}") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path} is not a checkpoint of main.py: it has no "
-                         f"{', '.join(missing)}")
+                         f"{', '.join(missing)}; {instead}")
     return ckpt
+
+
+def _unreadable(path):
+    """Why torch.load cannot read `path`, in words: torch.save writes a zip archive."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head != b"PK\x03\x04":
+        return "torch.save did not write it (a text file, or another program's?)"
+    if not zipfile.is_zipfile(path):  # the archive's directory, at its end, is missing
+        return "the file is cut short (a copy or a save that did not finish?)"
+    return ("it is damaged, or holds objects other than tensors and numbers, which main.py "
+            "does not load (unpickling them could run code)")

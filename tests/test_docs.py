@@ -1,9 +1,11 @@
 """The repository's text as a reader meets it: no labels of an internal tracker that a reader
 cannot follow (name the study or the question instead), and every link between the markdown
 files lands on a file that exists and, with an anchor, on a heading of that file."""
+import math
 import os
 import re
 import subprocess
+import sys
 import unicodedata
 from functools import lru_cache
 from urllib.parse import unquote
@@ -138,3 +140,26 @@ def test_markdown_links_resolve():
                 broken.append(f"{source}: {target}: no heading with that anchor")
     assert checked > 0
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def readme_python():
+    """The first fenced Python block of README.md: the training loop a copier starts from."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.MULTILINE | re.DOTALL)
+    assert blocks, "README.md has no ```python block"
+    return blocks[0]
+
+
+def test_readme_loop_runs_and_moves_the_centers_to_the_features():
+    """As a copier runs it: a fresh interpreter in the repository, on the CPU. It prints
+    each step's losses; the centers, stepped by their own SGD, close in on the features."""
+    result = subprocess.run([sys.executable, "-c", readme_python()], cwd=ROOT, timeout=60,
+                            capture_output=True, text=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr  # e.g. the forgotten-optimizer one
+    steps = re.findall(r"^step (\d+): loss (\S+), center loss (\S+)$", result.stdout, re.M)
+    assert [int(s[0]) for s in steps] == list(range(len(steps))) and len(steps) >= 3
+    center = [float(s[2]) for s in steps]
+    assert all(math.isfinite(float(s[1])) for s in steps)
+    assert center[-1] < 0.8 * center[0], center

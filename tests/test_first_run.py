@@ -1,16 +1,22 @@
 """What a new user meets first: -h with every default and every dataset, the
-Args: line of their own settings, --evaluate writing beside its checkpoint, and a
-user's run at the top of log/ kept out of git beside the committed reference runs."""
+Args: line of their own settings, --evaluate writing beside its checkpoint, a user's
+run at the top of log/ kept out of git beside the committed reference runs; a console
+that says how long each epoch took and where the outputs went, frames titled for what
+they show, and error lines in words that leave nothing behind."""
+import csv
 import os
+import re
 import shutil
 import subprocess
 
 import pytest
+import torch
 
 import datasets
 import main
+import utils
 from conftest import ROOT
-from test_main import cli, read, run_main
+from test_main import NO_NETWORK, cli, read, run_main
 
 
 def shown_default(action):
@@ -90,3 +96,166 @@ def test_a_users_run_at_the_top_of_log_is_ignored_the_committed_runs_are_not():
     # No tracked file anywhere matches an ignore rule.
     tracked_but_ignored = git("ls-files", "--cached", "--ignored", "--exclude-standard")
     assert tracked_but_ignored.returncode == 0 and tracked_but_ignored.stdout == ""
+
+
+# ------------------------------------------------------------------------- the console
+
+@pytest.fixture(scope="module")
+def plotted_run(tmp_path_factory, micro_data):
+    """Two epochs with --plot, as the README's command gives them (no --use-cpu) on a
+    machine without CUDA: the save dir, the log's lines and the scatter frames' titles."""
+    save_dir = str(tmp_path_factory.mktemp("console") / "run")
+    titles, plot = [], utils.plot_features
+    with pytest.MonkeyPatch.context() as mp:
+        # main.py sets CUDA_VISIBLE_DEVICES from --gpu: restored afterwards
+        mp.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        mp.setattr(utils, "plot_features", lambda *a, **k: titles.append(a[4]) or plot(*a, **k))
+        main.main(["--data-root", micro_data, "--save-dir", save_dir, "--batch-size", "32",
+                   "--eval-freq", "1", "--max-epoch", "2", "--plot"])
+    return save_dir, read(os.path.join(save_dir, "log_mnist.txt")).splitlines(), titles
+
+
+def test_without_cuda_the_readme_command_trains_on_the_cpu(plotted_run):
+    _, lines, _ = plotted_run
+    assert "use_cpu=False" in lines[1] and lines[3] == "Currently using CPU"
+
+
+def test_each_epoch_prints_its_time(plotted_run):
+    save_dir, lines, _ = plotted_run
+    first = lines.index("==> Epoch 1/2")
+    second = lines.index("==> Epoch 2/2")
+    timed = [(i, line) for i, line in enumerate(lines) if re.match(r"Epoch \d/2 took ", line)]
+    assert [i for i, _ in timed] == [second - 1, len(lines) - 3]  # each at its epoch's end
+    assert first < timed[0][0]
+    m = re.fullmatch(r"Epoch 1/2 took (\d+\.\d) s; 1 epoch left: about (\d+):(\d\d):(\d\d) "
+                     r"\(h:m:s\) at this pace", timed[0][1])
+    assert m and int(m[2]) * 3600 + int(m[3]) * 60 + int(m[4]) == round(float(m[1]))
+    m2 = re.fullmatch(r"Epoch 2/2 took (\d+\.\d) s", timed[1][1])  # nothing left to estimate
+    assert m2
+    # The whole epoch: at least the training and test time metrics.csv records.
+    with open(os.path.join(save_dir, "metrics.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    for match, row in zip((m, m2), rows):
+        assert float(match[1]) >= float(row["epoch_time_s"]) - 0.1
+    assert main.epoch_time_line(0, 100, 204.0) == \
+        "Epoch 1/100 took 204.0 s; 99 epochs left: about 5:36:36 (h:m:s) at this pace"
+
+
+def test_the_last_line_names_every_output(plotted_run, tmp_path):
+    save_dir, lines, _ = plotted_run
+    assert lines[-2].startswith("Finished. Total elapsed time (h:m:s): ")
+    assert lines[-1] == (f"Outputs in {save_dir}/: log_mnist.txt, checkpoint.pth.tar, "
+                         f"metrics.csv, curves.png, roc.png, test_features.pt, train.gif, "
+                         f"test.gif (one frame per epoch in train/ and test/)")
+    named = lines[-1].split(": ", 1)[1].split(" (")[0].split(", ")
+    assert sorted(os.listdir(save_dir)) == sorted(named + ["train", "test"])
+
+    # --evaluate beside a copy of the checkpoint: what it wrote there, nothing else.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(os.path.join(save_dir, "checkpoint.pth.tar"), elsewhere)
+    data_root = re.search(r"data_root='([^']*)'", lines[1])[1]
+    main.main(["--data-root", data_root, "--use-cpu", "--evaluate", "--plot",
+               "--resume", str(elsewhere / "checkpoint.pth.tar")])
+    last = read(elsewhere / "log_mnist.txt").splitlines()[-1]
+    assert last == (f"Outputs in {elsewhere}/: log_mnist.txt, roc.png, test_features.pt, "
+                    f"evaluate_test_epoch_2.png")
+    assert sorted(os.listdir(elsewhere)) == sorted(last.split(": ", 1)[1].split(", ")
+                                                   + ["checkpoint.pth.tar"])
+
+
+def test_training_frames_are_not_titled_with_a_test_figure(plotted_run):
+    _, _, titles = plotted_run
+    train = [t for t in titles if "training features" in t]
+    test = [t for t in titles if "test features" in t]
+    assert len(train) == len(test) == 2 and len(titles) == 4
+    assert all("test" not in t and "accuracy" not in t for t in train), train
+    assert all(re.search(r"test accuracy \d+\.\d\d%", t) for t in test), test
+
+
+# ------------------------------------------------------------------------- error lines
+
+# A Python exception's class name, which a user cannot act on: "(RuntimeError)", "KeyError".
+CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Warning)\b")
+
+
+class NotTensors:
+    """Pickled into a file that weights_only loading refuses."""
+
+
+def offline_error(monkeypatch, *flags):
+    """main.py's one error line for these flags, with every download failing at once."""
+    for key, value in NO_NETWORK.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exc:
+        main.main(["--use-cpu", *flags])
+    assert isinstance(exc.value.code, str) and "\n" not in exc.value.code
+    return exc.value.code
+
+
+@pytest.mark.parametrize("case, wrong, todo", [
+    ("mnist", "cannot download it (the download failed", "or pass --data-root"),
+    ("omniglot", "cannot download it (the download failed", "or pass --data-root"),
+    ("one-shot", "cannot download them (the download failed", "put all_runs.zip"),
+    ("text", "torch.save did not write it", "pass the checkpoint.pth.tar"),
+    ("empty", "the file is empty", "pass the checkpoint.pth.tar"),
+    ("cut short", "the file is cut short", "pass the checkpoint.pth.tar"),
+    ("objects", "holds objects other than tensors", "pass the checkpoint.pth.tar"),
+])
+def test_error_lines_say_in_words_what_is_wrong_and_what_to_do(
+        case, wrong, todo, tmp_path, tiny_data, tiny_omniglot, monkeypatch):
+    out = ["--save-dir", str(tmp_path / "out")]
+    path = tmp_path / "file.pth.tar"
+    if case == "mnist":
+        flags = ["--data-root", str(tmp_path / "nowhere")]
+    elif case == "omniglot":
+        flags = ["-d", "omniglot", "--data-root", str(tmp_path / "nowhere")]
+    elif case == "one-shot":
+        root = tmp_path / "root"
+        shutil.copytree(tiny_omniglot, root)
+        shutil.rmtree(root / "omniglot-one-shot")
+        flags = ["-d", "omniglot", "--data-root", str(root)]
+    else:
+        if case == "text":
+            path.write_text("epoch 3, accuracy 99.1\n")
+        elif case == "empty":
+            path.write_bytes(b"")
+        elif case == "cut short":  # as a copy that did not finish leaves it
+            torch.save({"epoch": 1, "model": {"w": torch.zeros(1000)}}, path)
+            path.write_bytes(path.read_bytes()[:2000])
+        else:
+            torch.save({"epoch": NotTensors()}, path)
+        flags = ["--data-root", tiny_data, "--resume", str(path)]
+    line = offline_error(monkeypatch, *flags, *out)
+    assert not CLASS_NAME.search(line), line
+    assert line.startswith("error: ") and wrong in line and todo in line, line
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, tiny_omniglot, monkeypatch):
+    for key, value in NO_NETWORK.items():
+        monkeypatch.setenv(key, value)
+    # A data root that did not exist: gone again, with the parent it needed.
+    with pytest.raises(FileNotFoundError):
+        datasets.create("mnist", 64, False, root=str(tmp_path / "new" / "data"))
+    assert not os.path.exists(tmp_path / "new")
+    # One that existed, with a user's file: as it was.
+    mine = tmp_path / "mine"
+    (mine / "FashionMNIST").mkdir(parents=True)
+    (mine / "FashionMNIST" / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError):
+        datasets.create("fashion-mnist", 64, False, root=str(mine))
+    assert os.listdir(mine) == ["FashionMNIST"]
+    assert os.listdir(mine / "FashionMNIST") == ["notes.txt"]
+    # Omniglot's images, and Lake et al.'s zip beside images that are there.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError):
+        datasets.create("omniglot", 64, False, root=str(empty))
+    assert os.listdir(empty) == []
+    root = tmp_path / "omniglot"
+    shutil.copytree(tiny_omniglot, root)
+    shutil.rmtree(root / "omniglot-one-shot")
+    with pytest.raises(FileNotFoundError):
+        datasets.create("omniglot", 64, False, root=str(root))
+    assert os.listdir(root) == ["omniglot-py"]

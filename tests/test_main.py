@@ -68,7 +68,8 @@ def test_log_plots_checkpoint_metrics(tmp_path, tiny_data, capsys):
     assert len(acc) == 2 and lines.count("==> Test") == 2
     m = re.fullmatch(r"Accuracy \(%\): (\d+\.?\d*)\t Error rate \(%\): (\d+\.?\d*)", acc[0])
     assert m and abs(float(m[1]) + float(m[2]) - 100) < 1e-9
-    assert re.fullmatch(r"Finished\. Total elapsed time \(h:m:s\): 0:00:\d\d", lines[-1])
+    assert re.fullmatch(r"Finished\. Total elapsed time \(h:m:s\): 0:00:\d\d", lines[-2])
+    assert lines[-1].startswith(f"Outputs in {save_dir}/: log_mnist.txt, ")
 
     for split in ("train", "test"):
         for epoch in (1, 2):
@@ -225,6 +226,7 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
     assert len(err.splitlines()) == 1
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in err
     assert "train-images-idx3-ubyte" in err and "--data-root" in err
+    assert not os.path.exists(tmp_path / "nowhere")  # the folders the attempt made: gone
 
 
 @pytest.mark.parametrize("flags, fragments", [

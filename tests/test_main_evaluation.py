@@ -144,7 +144,9 @@ def test_evaluate_trains_and_writes_nothing_into_the_checkpoint(tmp_path, tiny_d
     assert "==> Epoch" not in result.stdout and "Batch" not in result.stdout
     # The same model on the same test set: the same figures as the last training evaluation.
     figures = re.compile(r"^(Accuracy|Retrieval|Verification).*$", re.M)
-    assert figures.findall(result.stdout) == figures.findall(trained_log)[-7:]  # one evaluation's 7 lines
+    # One evaluation's 11 lines: accuracy, then for the seen and the unseen classes
+    # retrieval and verification by cosine and by L2, and all pairs' verification.
+    assert figures.findall(result.stdout) == figures.findall(trained_log)[-11:]
     assert (read_bytes(path), read(os.path.join(save_dir, "metrics.csv"))) == before
     assert os.path.exists(os.path.join(save_dir, "evaluate_test_epoch_2.png"))
     assert read(os.path.join(save_dir, "log_mnist.txt")).startswith(trained_log)  # appended

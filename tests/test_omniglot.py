@@ -359,8 +359,8 @@ def test_train_and_evaluate_omniglot(tmp_path, tiny_omniglot, capsys, monkeypatc
     assert f"Evaluating {path} (epoch 2); nothing is trained" in evaluated
     figures = lambda text: [l for l in text.splitlines()  # noqa: E731,E741
                             if l.startswith(("Accuracy", "Retrieval", "Verification", "One-shot"))]
-    assert len(figures(evaluated)) == 8
-    assert figures(evaluated) == figures(out)[-8:]
+    assert len(figures(evaluated)) == 12  # accuracy, 5 lines per split (cosine, L2), one-shot
+    assert figures(evaluated) == figures(out)[-12:]
     # A resume with another seed would train other classes: refused, naming the seed.
     line = error_line(monkeypatch, "-d", "omniglot", "--data-root", tiny_omniglot,
                       "--save-dir", save_dir, "--train-classes", "4", "--feat-dim", "8",

@@ -63,3 +63,22 @@ def test_curves_have_whole_epoch_ticks(tmp_path):
             low, high = ax.get_xlim()
             ticks = [t for t in ax.get_xticks() if low <= t <= high]
             assert ticks and all(float(t).is_integer() for t in ticks), (epochs, ax.get_title(), ticks)
+
+
+def legend_labels(fig):
+    legend = fig.axes[0].get_legend()
+    return [] if legend is None else [t.get_text() for t in legend.get_texts()]
+
+
+def test_legend_names_the_centers_when_they_are_drawn(tmp_path):
+    features, labels = thin_cloud()
+    names = [str(d) for d in range(10)]
+    fig = utils.plot_features(features, labels, names, str(tmp_path / "c.png"), "c",
+                              num_seen=8, centers=torch.zeros(8, 2))
+    assert legend_labels(fig) == names[:8] + ["8 (unseen)", "9 (unseen)", "class centers"]
+    fig = utils.plot_features(features, labels, names, str(tmp_path / "n.png"), "n")
+    assert legend_labels(fig) == names  # softmax only: no centers drawn, none in the legend
+    # 30 classes: too many names for a legend, but the black-edged dots still need one.
+    fig = utils.plot_features(features, torch.arange(200) % 30, [str(d) for d in range(30)],
+                              str(tmp_path / "many.png"), "many", centers=torch.zeros(30, 2))
+    assert legend_labels(fig) == ["class centers"]
