@@ -232,8 +232,11 @@ def lfw_arms():
 
 
 def lfw_view2_runs():
-    """The ten folds of each arm, fold by fold (a fold's arms side by side)."""
-    return [lfw_run(split=f"fold{k}", **arm) for k in range(1, 11) for _, arm in lfw_arms()]
+    """Softmax only and center loss on all ten folds first, fold by fold (a fold's two arms
+    side by side, as --part 1/2 and 2/2 share them out), then the CosFace arms likewise."""
+    arms = [arm for _, arm in lfw_arms()]
+    return [lfw_run(split=f"fold{k}", **arm) for pair in (arms[:2], arms[2:])
+            for k in range(1, 11) for arm in pair]
 
 
 def lfw_view1_runs():
