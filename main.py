@@ -689,12 +689,7 @@ def report(args, dataset, epoch, evaluation, criterion_cent):
     acc, err, features, labels, one_shot = evaluation
     k = dataset.num_classes
     seen = labels < k
-    print("Accuracy (%): {}\t Error rate (%): {}".format(acc, err))
-    intra, inter, ratio = utils.feature_stats(features[seen], labels[seen], k)
-    print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
-          .format(intra, inter, ratio))
-    row = dict(accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
-               ratio=f"{ratio:.6g}")
+    row = report_seen("Accuracy (%)", acc, err, features, labels, k)
     curves = {}
     splits = [("", "seen classes" if dataset.open_set else "test set", seen)]
     if dataset.open_set:
@@ -715,6 +710,18 @@ def report(args, dataset, epoch, evaluation, criterion_cent):
     if args.plot:
         plot_epoch(args, dataset, epoch, "test", features, labels, acc, criterion_cent)
     return row
+
+
+def report_seen(what, acc, err, features, labels, k):
+    """Print the classification accuracy (`what`) and the feature statistics of the
+    images of the K trained classes; returns their metrics.csv values."""
+    seen = labels < k
+    print("{}: {}\t Error rate (%): {}".format(what, acc, err))
+    intra, inter, ratio = utils.feature_stats(features[seen], labels[seen], k)
+    print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
+          .format(intra, inter, ratio))
+    return dict(accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
+                ratio=f"{ratio:.6g}")
 
 
 def measure(features, labels, name):
@@ -784,16 +791,11 @@ def report_lfw(args, dataset, epoch, evaluation_, criterion_cent):
     on trained people's pairs, retrieval and all-pairs TAR of the test people; roc.png and
     test_features.pt (the test pairs' images only). Returns the metrics.csv values."""
     acc, err, features, labels, _ = evaluation_
-    lfw, k = dataset.lfw, dataset.num_classes
-    seen = labels < k
+    lfw = dataset.lfw
     # The only class-labelled images at test time are training images (the threshold
     # pairs'), centre-cropped: a training accuracy, not a test one.
-    print("Accuracy on trained people's images (%): {}\t Error rate (%): {}".format(acc, err))
-    intra, inter, ratio = utils.feature_stats(features[seen], labels[seen], k)
-    print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
-          .format(intra, inter, ratio))
-    row = dict(accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
-               ratio=f"{ratio:.6g}")
+    row = report_seen("Accuracy on trained people's images (%)", acc, err, features, labels,
+                      dataset.num_classes)
     v = evaluation.protocol_verification(features, lfw["pairs"], lfw["same"],
                                          lfw["threshold_pairs"], lfw["threshold_same"])
     print("LFW {} (cosine, {} pairs of people never trained on; threshold {:.4f}, chosen on "

@@ -377,18 +377,15 @@ def omniglot_steps(splits, one_shot):
     return steps
 
 
-def run_omniglot(repeats, data_root, drop_caches=False):
-    splits, one_shot = omniglot_features()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"128-D synthetic features: seen {len(splits['seen'][1]):,} (964 classes), unseen "
-          f"{len(splits['unseen'][1]):,} (659 classes); {NUM_PAIRS:,} pairs in {FOLDS} folds, "
-          f"all-pairs FARs {', '.join(f'{f:g}' for f in ALL_PAIRS_FARS)}; cosine; median of "
-          f"{repeats}; ours and brute force agree to {TOL:g} on every repeat\n")
+def steps_table(steps, repeats):
+    """Time each (name, ours, brute force, compare) step `repeats` times, both checked
+    to agree on every repeat, and print the markdown table of the medians with a row for
+    the whole evaluation. Returns ({name: our last result}, our median total seconds)."""
     print("| what | ours (s) | brute force (s) | speedup |")
     print("|---|---:|---:|---:|")
     total = {"ours": [0.0] * repeats, "brute": [0.0] * repeats}
     results = {}
-    for name, ours, brute, compare in omniglot_steps(splits, one_shot):
+    for name, ours, brute, compare in steps:
         t_o, t_b = [], []
         for i in range(repeats):
             o, t, _ = measured(ours)
@@ -403,6 +400,17 @@ def run_omniglot(repeats, data_root, drop_caches=False):
         print(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.1f}x |", flush=True)
     full_o, full_b = statistics.median(total["ours"]), statistics.median(total["brute"])
     print(f"| **full evaluation** | {full_o:.3f} | {full_b:.3f} | {full_b / full_o:.1f}x |")
+    return results, full_o
+
+
+def run_omniglot(repeats, data_root, drop_caches=False):
+    splits, one_shot = omniglot_features()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"128-D synthetic features: seen {len(splits['seen'][1]):,} (964 classes), unseen "
+          f"{len(splits['unseen'][1]):,} (659 classes); {NUM_PAIRS:,} pairs in {FOLDS} folds, "
+          f"all-pairs FARs {', '.join(f'{f:g}' for f in ALL_PAIRS_FARS)}; cosine; median of "
+          f"{repeats}; ours and brute force agree to {TOL:g} on every repeat\n")
+    results, full_o = steps_table(omniglot_steps(splits, one_shot), repeats)
     tar = results["unseen: all-pairs TAR@FAR"]
     print(f"\nfull evaluation {full_o:.2f} s, target < {OMNIGLOT_TARGET_SECONDS:g} s on 2 CPU "
           f"cores: {'met' if full_o < OMNIGLOT_TARGET_SECONDS else 'NOT met'}; unseen: "
@@ -509,23 +517,7 @@ def run_lfw(repeats, data_root, drop_caches=False):
           f"pairs, threshold from {len(lfw['threshold_pairs']):,} pairs; {int(test.sum()):,} "
           f"images of {len(y.unique()):,} test people; cosine; median of {repeats}; ours and "
           f"brute force agree to {TOL:g} on every repeat\n")
-    print("| what | ours (s) | brute force (s) | speedup |")
-    print("|---|---:|---:|---:|")
-    total = {"ours": [0.0] * repeats, "brute": [0.0] * repeats}
-    for name, ours, brute, compare in steps:
-        t_o, t_b = [], []
-        for i in range(repeats):
-            o, t, _ = measured(ours)
-            b, tb, _ = measured(brute)
-            compare(o, b)
-            t_o.append(t)
-            t_b.append(tb)
-            total["ours"][i] += t
-            total["brute"][i] += tb
-        a, b = statistics.median(t_o), statistics.median(t_b)
-        print(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.1f}x |", flush=True)
-    full_o, full_b = statistics.median(total["ours"]), statistics.median(total["brute"])
-    print(f"| **full evaluation** | {full_o:.3f} | {full_b:.3f} | {full_b / full_o:.1f}x |")
+    full_o = steps_table(steps, repeats)[1]
     print(f"\nfull evaluation {full_o:.2f} s, target < {TARGET_SECONDS:g} s: "
           f"{'met' if full_o < TARGET_SECONDS else 'NOT met'}")
     time_lfw_loading(data_root, drop_caches)
