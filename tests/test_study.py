@@ -46,13 +46,15 @@ def test_every_run_is_a_valid_main_command_with_its_settings():
 def test_lfw_runs(monkeypatch):
     monkeypatch.setattr(study, "LFW_BEST_LAM", 0.003)  # as once View 1's sweep has chosen
     runs = study.groups()["lfw"]
-    assert len(runs) == 2 + len(study.LFW_LAMBDAS) - 1 + 2
+    # the two softmax-only runs, the λ sweep, CosFace alone and with λ at two rates
+    assert len(runs) == 2 + len(study.LFW_LAMBDAS) - 1 + 2 * 2
     names = set()
     for s in runs:
         args = main.get_parser().parse_args(study.run_flags(**s))
         assert args.dataset == "lfw" and args.lfw_split == "view1" and args.model == "resnet10"
         assert args.feat_dim == 512 and args.weight_cent == s["lam"] and args.head == s["head"]
         assert args.lfw_min_images == s["min_images"] and args.max_epoch == study.LFW_MAX_EPOCH
+        assert args.lr_model == s["lr"]
         assert study.max_epoch(study.run_name(**s)) == study.LFW_MAX_EPOCH
         names.add(study.run_name(**s))
     assert len(names) == len(runs)
@@ -60,6 +62,28 @@ def test_lfw_runs(monkeypatch):
         "lfw-view1-cosface-lam0.003-alpha0.5-min2-seed2"
     assert study.run_name(**study.lfw_run(0, min_images=1)) == "lfw-view1-lam0"
     assert study.run_name(**study.lfw_run(0)) == "lfw-view1-lam0-min2"  # LFW_MIN_IMAGES
+    assert study.run_name(**study.lfw_run(0, head="cosface", lr=study.LFW_COSFACE_LR)) == \
+        "lfw-view1-cosface-lam0-min2-lr0.01"
+
+
+def test_lfw_view2_runs(monkeypatch):
+    monkeypatch.setattr(study, "LFW_BEST_LAM", 0.003)
+    runs = study.groups()["lfw-view2"]
+    assert len(runs) == 4 * 10
+    # softmax only and λ fold by fold first, then the CosFace arms at their own rate
+    first = [(s["split"], s["lam"], s["head"]) for s in runs[:20]]
+    assert first == [(f"fold{k}", lam, "softmax") for k in range(1, 11) for lam in (0, 0.003)]
+    assert all(s["head"] == "cosface" and s["lr"] == study.LFW_COSFACE_LR for s in runs[20:])
+    assert all(s["lr"] == study.LFW_LR for s in runs[:20])
+    for s in runs:
+        args = main.get_parser().parse_args(study.run_flags(**s))
+        assert args.lfw_split == s["split"] and args.lr_model == s["lr"]
+    # two processes: each fold's pair of arms runs side by side, one in each part
+    names = [study.run_name(**s) for s in study.groups()["lfw"] + runs]
+    one, two = study.part_of(names, 1, 2), study.part_of(names, 2, 2)
+    for k in range(1, 11):
+        pair = {f"lfw-fold{k}-lam0-min2", f"lfw-fold{k}-lam0.003-alpha0.5-min2"}
+        assert len(pair & set(one)) == 1 and len(pair & set(two)) == 1
 
 
 def test_parts_share_the_runs_out():
