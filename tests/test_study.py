@@ -120,6 +120,22 @@ def test_omniglot_runs(monkeypatch):
     assert study.groups()["classes"] == [] and len(study.groups()["omniglot"]) == 6
 
 
+def test_omniglot_longer_runs():
+    """λ 0.01 and 0.1 run on: the same schedule (a decay every 10 epochs) for 25 epochs,
+    under names of their own, so that the 15-epoch runs of the sweep stay as they are."""
+    for s, lam in zip(study.groups()["omniglot-longer"], (0.01, 0.1)):
+        name = study.run_name(**s)
+        assert name == f"omniglot-d128-lam{lam:g}-alpha0.5-25epochs"
+        short = study.run_flags(**study.omniglot_run(lam))
+        args = main.get_parser().parse_args(study.run_flags(**s))
+        assert args.max_epoch == study.max_epoch(name) == 25 and args.stepsize == 10
+        assert args.eval_freq == 1 and args.weight_cent == lam
+        # the flags of the 15-epoch run but --max-epoch
+        flags = study.run_flags(**s)
+        i = flags.index("--max-epoch")
+        assert flags[:i] + flags[i + 2:] == short[:i] + short[i + 2:]
+
+
 def write_run(runs_dir, name, accuracies, extra=None, finished=True):
     run_dir = os.path.join(runs_dir, name)
     os.makedirs(run_dir, exist_ok=True)
