@@ -652,6 +652,13 @@ def omniglot_picture(args):
                     ax.plot([p[0] for p in late], [p[1] for p in late], "o", mfc="none",
                             mec="C3", markersize=13,
                             label=f"not converged (spread > {CONVERGED_POINTS:g}), seed {seed}")
+            if row_i == 0:  # the λ that had not settled at epoch 15, run on
+                points = [(values.index(v), last(run_name(**omniglot_run(
+                    v, epochs=OMNIGLOT_LONGER)), args)) for v in OMNIGLOT_LONGER_LAMBDAS]
+                points = [(i, float(r[key])) for i, r in points if r is not None and r.get(key)]
+                if points:
+                    ax.plot(*zip(*points), "^", color="C2", markersize=8,
+                            label=f"{OMNIGLOT_LONGER} epochs, seed 1")
             if softmax is not None and softmax.get(key):
                 ax.axhline(float(softmax[key]), color="C1", linestyle=":",
                            label="softmax only (λ = 0), seed 1")

@@ -293,7 +293,8 @@ def test_omniglot_tables_and_figures(tmp_path, monkeypatch):
                "oneshot_error_l2": "25.00"}
     for s, acc in ((study.omniglot_run(0), 70.0), (study.omniglot_run(0.01), 72.5),
                    (study.omniglot_run(0.01, k=10, seed=2), 99.0),
-                   (study.omniglot_run(0, seed=2), 71.0)):
+                   (study.omniglot_run(0, seed=2), 71.0),
+                   (study.omniglot_run(0.1, epochs=study.OMNIGLOT_LONGER), 73.5)):
         name = study.run_name(**s)
         write_run(tmp_path, name, [acc] * study.max_epoch(name), figures)
     unfinished = study.run_name(**study.omniglot_run(0, k=10))
@@ -308,6 +309,8 @@ def test_omniglot_tables_and_figures(tmp_path, monkeypatch):
     assert "| 0.5 " + row.replace("70.00", "72.50") in tables  # α sweep: the same run
     assert "| 10, λ 0.01, α 0.5, seed 2 " + row.replace("70.00", "99.00") in tables
     assert "| 10, softmax only | — |" in tables  # unfinished runs are never quoted
+    assert "| 0.1, 25 epochs " + row.replace("70.00", "73.50") in tables
+    assert "| 0.01, 25 epochs | — |" in tables
     assert "| 964, softmax only, seed 2 " + row.replace("70.00", "71.00") in tables
     for picture in ("omniglot_fig5.png", "classes.png"):
         assert os.path.getsize(os.path.join(tmp_path, picture)) > 10_000
