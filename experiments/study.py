@@ -173,7 +173,8 @@ def fashion_runs(seed=1):
 
 
 def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
-             k=None, head="softmax", split="view1", min_images=1, epochs=None):
+             k=None, head="softmax", split="view1", min_images=1,
+             epochs=OMNIGLOT_MAX_EPOCH):
     if dataset == LFW:
         name = f"{LFW}-{split}" + ("-cosface" if head == "cosface" else "")
         name += f"-lam{lam:g}" + (f"-alpha{alpha:g}" if lam else "")
@@ -192,7 +193,8 @@ def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=
 
 
 def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
-              k=None, head="softmax", split="view1", min_images=1, epochs=None):
+              k=None, head="softmax", split="view1", min_images=1,
+              epochs=OMNIGLOT_MAX_EPOCH):
     if dataset == LFW:
         return ["-d", LFW, "--lfw-split", split, "--lfw-min-images", str(min_images),
                 "--model", "resnet10", "--feat-dim", "512", "--head", head,
@@ -499,7 +501,8 @@ def omniglot_tables(args):
                 f"unless the row says)", ["λ"] + OMNIGLOT_HEADER,
                 omniglot_lines([omniglot_run(v) for v in OMNIGLOT_LAMBDAS] + longer, args,
                                lambda s: f"{s['lam']:g}" + (
-                                   f", {s['epochs']} epochs" if s in longer else "")))
+                                   f", {s['epochs']} epochs"
+                                   if s["epochs"] != OMNIGLOT_MAX_EPOCH else "")))
     if OMNIGLOT_BEST_LAM is None:
         return out + ["Figure 5b and the class-count study wait for the λ sweep's choice "
                       "(OMNIGLOT_BEST_LAM).", ""]
