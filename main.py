@@ -626,6 +626,7 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
 def epoch_time_line(epoch, max_epoch, seconds):
     """How long the epoch took (training, test, plots and checkpoint), and what the
     epochs left would take at that pace: a CPU run of the defaults takes hours."""
+    seconds = round(seconds, 1)  # the estimate is of the time shown, not a hidden one
     line = "Epoch {}/{} took {:.1f} s".format(epoch + 1, max_epoch, seconds)
     left = max_epoch - epoch - 1
     if left:
