@@ -269,10 +269,11 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
         if name == OMNIGLOT:
             o = load_omniglot(root, train_classes, seed)
         else:
-            if train_classes is not None or holdout:
+            if holdout:
                 raise ValueError("LFW's protocol files say who is trained on: no "
-                                 "--train-classes or --holdout-classes")
-            o = load_lfw(root, lfw_split, lfw_min_images)
+                                 "--holdout-classes")
+            o = load_lfw(root, lfw_split, lfw_min_images, train_classes=train_classes,
+                         seed=seed)
             transforms = (RandomCropFlip(LFW_INPUT, generator), center_crop(LFW_INPUT))
         train, test = (o["train"], o["test"])
         mean, std = o["mean"], o["std"]
@@ -873,11 +874,13 @@ def _channel_stats(images):
     return mean, std
 
 
-def load_lfw(root, split="view1", min_images=1, md5s=None):
+def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, seed=1):
     """LFW split `split` (see `lfw_protocol`) as uint8 (N, 3, 72, 72) face crops:
 
     - train: the images of the training people with at least `min_images` images, the
-      softmax classes (labels 0..K-1, people in the protocol file's order);
+      softmax classes (labels 0..K-1, people in the protocol file's order), or only
+      `train_classes` K of them drawn at random with `seed` (to measure what fewer
+      people cost);
     - test: first the images of the threshold pairs (trained people: their class label,
       or a label from K + T on for a person with fewer than `min_images`), then every
       image of the T test people (labels K..K+T-1).
@@ -894,6 +897,14 @@ def load_lfw(root, split="view1", min_images=1, md5s=None):
     if len(classes) < 2:
         raise ValueError(f"LFW {split}: {len(classes)} training people have {min_images} "
                          f"or more images; at least 2 are needed")
+    if train_classes is not None:
+        if not isinstance(train_classes, int) or not 2 <= train_classes <= len(classes):
+            raise ValueError(f"--train-classes must be an integer from 2 to {len(classes)} "
+                             f"(LFW {split}'s people with {min_images} or more images), "
+                             f"got {train_classes!r}")
+        g = torch.Generator().manual_seed(seed)
+        chosen = sorted(torch.randperm(len(classes), generator=g)[:train_classes].tolist())
+        classes = [classes[j] for j in chosen]
     label = {n: j for j, (n, _) in enumerate(classes)}
     k, t = len(classes), len(p["test_people"])
     label.update({n: k + j for j, (n, _) in enumerate(p["test_people"])})
@@ -918,7 +929,7 @@ def load_lfw(root, split="view1", min_images=1, md5s=None):
     lfw = {"split": split, "pairs": pairs, "same": same, "threshold_pairs": threshold_pairs,
            "threshold_same": threshold_same, "num_threshold_images": len(threshold_files),
            "trained_people": [n for n, _ in classes],
-           "people_not_classes": [n for n, c in p["train_people"] if c < min_images]}
+           "people_not_classes": [n for n, _ in p["train_people"] if label[n] >= k + t]}
     return {"train": (train_images, torch.tensor([label[n] for n, _ in train_files])),
             "test": (test_images, torch.tensor([label[n] for n, _ in files])),
             "mean": mean, "std": std,

@@ -85,7 +85,9 @@ def get_parser():
                         "omniglot-one-shot/all_runs.zip); downloaded there if missing")
     p.add_argument("--train-classes", type=positive_int, default=None, metavar="K",
                    help="omniglot: train on K of its 964 background characters, drawn with "
-                        "--seed (none: all 964); the unseen test stays the 659 evaluation ones")
+                        "--seed (none: all 964); the unseen test stays the 659 evaluation ones. "
+                        "lfw: K of the split's people with --lfw-min-images images; the test "
+                        "stays the protocol's")
     p.add_argument("--lfw-split", type=str, default="view1", choices=datasets.LFW_SPLITS,
                    metavar="SPLIT",
                    help="lfw: view1 (train on peopleDevTrain, test pairsDevTest: for choosing "
@@ -315,8 +317,9 @@ def main(argv=None):
         args.holdout = parse_holdout(args.holdout_classes, args.dataset)
     except ValueError as e:
         parser.error(str(e))
-    if args.train_classes is not None and args.dataset != datasets.OMNIGLOT:
-        parser.error(f"--train-classes is for -d {datasets.OMNIGLOT}, not {args.dataset}")
+    if args.train_classes is not None and args.dataset not in (datasets.OMNIGLOT, datasets.LFW):
+        parser.error(f"--train-classes is for -d {datasets.OMNIGLOT} or {datasets.LFW}, "
+                     f"not {args.dataset}")
     given = given_flags(argv)
     try:
         resolve_defaults(args, given)
@@ -782,8 +785,10 @@ def lfw_summary(dataset, args):
             "matched) of {:,} people never trained on ({:,} images); the threshold is chosen "
             "on {:,} pairs of trained people".format(
                 lfw["split"], len(dataset.trainloader.labels), k,
-                f" ({left_out:,} with fewer than {args.lfw_min_images} images are no class)"
-                if left_out else "", len(lfw["pairs"]), int(lfw["same"].sum()),
+                ((f" ({left_out:,} with fewer than {args.lfw_min_images} images are no class)"
+                  if args.train_classes is None else f" ({left_out:,} others are no class: "
+                  f"fewer than {args.lfw_min_images} images, or not among the --train-classes "
+                  f"{args.train_classes} drawn)") if left_out else ""), len(lfw["pairs"]), int(lfw["same"].sum()),
                 len(dataset.classes) - k, len(test), len(lfw["threshold_pairs"])))
 
 

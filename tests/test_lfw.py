@@ -139,6 +139,38 @@ def test_people_with_one_image_can_be_left_out_of_the_classes(tiny_lfw, own_sums
     assert labels[single] >= o["num_seen"] + len(LFW_DEV_TEST)
 
 
+def test_a_subset_of_the_training_people(tiny_lfw, own_sums):
+    """--train-classes K: K of the classes, drawn with the seed; the test stays the
+    protocol's and the others' images still serve the threshold pairs."""
+    full = datasets.load_lfw(tiny_lfw, "view1", min_images=2)
+    a = datasets.load_lfw(tiny_lfw, "view1", min_images=2, train_classes=3, seed=1)
+    again = datasets.load_lfw(tiny_lfw, "view1", min_images=2, train_classes=3, seed=1)
+    k = full["num_seen"]
+    drawn = a["classes"][:3]
+    assert a["num_seen"] == 3 and drawn == again["classes"][:3]
+    assert set(drawn) < set(full["classes"][:k])
+    assert drawn == [c for c in full["classes"][:k] if c in drawn]  # the protocol's order
+    assert a["extra"]["lfw"]["trained_people"] == drawn
+    others = [datasets.load_lfw(tiny_lfw, "view1", min_images=2, train_classes=3, seed=s)
+              ["classes"][:3] for s in range(2, 6)]
+    assert any(o != drawn for o in others)
+    images, labels = a["train"]
+    assert labels.unique().tolist() == [0, 1, 2] and len(images) == 3 * 3
+    assert a["classes"][3:] == full["classes"][k:]  # the same test people
+    assert a["extra"]["files"] == full["extra"]["files"]
+    assert torch.equal(a["extra"]["lfw"]["pairs"], full["extra"]["lfw"]["pairs"])
+    left = a["extra"]["lfw"]["people_not_classes"]
+    assert set(left) == {lfw_name(q) for q in LFW_DEV_TRAIN} - set(drawn)
+    test_labels, first = a["test"][1], a["extra"]["lfw"]["num_threshold_images"]
+    thresholds = dict(zip(a["extra"]["files"][:first], test_labels[:first].tolist()))
+    for name, label in thresholds.items():
+        assert (label < 3) == (name.rsplit("_", 1)[0] in drawn)
+    for bad in (1, k + 1, 2.0):
+        with pytest.raises(ValueError, match=f"--train-classes must be an integer from 2 to "
+                                             f"{k} .*got {bad!r}"):
+            datasets.load_lfw(tiny_lfw, "view1", min_images=2, train_classes=bad)
+
+
 # ------------------------------------------------------------------------------ bad input
 
 def test_bad_protocol_files_are_named(tiny_lfw, own_sums, tmp_path):
@@ -184,6 +216,19 @@ def test_cli_error_lines(tiny_lfw, own_sums, tmp_path, monkeypatch):
     assert [d for d, _, _ in after] == [d for d, _, _ in before if d != images
                                         and not d.startswith(images + os.sep)]
     assert not any(f.endswith((".pt", ".tmp")) for _, _, fs in after for f in fs)
+
+
+def test_cli_trains_a_subset_of_the_people(tmp_path, tiny_lfw, own_sums, capsys):
+    save_dir = str(tmp_path / "run")
+    main.main(["-d", "lfw", "--data-root", tiny_lfw, "--save-dir", save_dir, *FAST,
+               "--batch-size", "4", "--max-epoch", "1", "--feat-dim", "8",
+               "--train-classes", "4", "--seed", "2"])
+    out = capsys.readouterr().out
+    assert ("LFW view1: training on 12 images of 4 people (8 others are no class: fewer than "
+            "2 images, or not among the --train-classes 4 drawn); testing 4 pairs") in out
+    saved = torch.load(os.path.join(save_dir, "test_features.pt"), weights_only=True)
+    want = datasets.load_lfw(tiny_lfw, "view1", min_images=2, train_classes=4, seed=2)
+    assert saved["trained_people"] == want["extra"]["lfw"]["trained_people"]
 
 
 def test_cli_flag_errors(capsys):

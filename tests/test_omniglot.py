@@ -370,7 +370,7 @@ def test_train_and_evaluate_omniglot(tmp_path, tiny_omniglot, capsys, monkeypatc
 
 
 def test_omniglot_flags_are_checked(capsys):
-    for flags, fragment in ((["--train-classes", "30"], "--train-classes is for -d omniglot"),
+    for flags, fragment in ((["--train-classes", "30"], "--train-classes is for -d omniglot or lfw, not mnist"),
                             (["-d", "omniglot", "--holdout-classes", "1,2"],
                              "omniglot has its own unseen classes")):
         with pytest.raises(SystemExit) as exc:

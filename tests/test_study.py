@@ -86,6 +86,25 @@ def test_lfw_view2_runs(monkeypatch):
         assert len(pair & set(one)) == 1 and len(pair & set(two)) == 1
 
 
+def test_lfw_distance_runs():
+    """One change at a time to View 1's best arm, each parsed as main.py would."""
+    runs = study.groups()["lfw-distance"]
+    base = study.run_flags(**study.lfw_run(study.LFW_BEST_LAM))
+    want = {"lfw-view1-lam0.003-alpha0.5-min2-resnet18": ["--model", "resnet18"],
+            "lfw-view1-lam0.003-alpha0.5-min2-40epochs": ["--max-epoch", "40", "--stepsize", "16"],
+            "lfw-view1-lam0.003-alpha0.5-min2-people592": ["--train-classes", "592"],
+            "lfw-view1-lam0.003-alpha0.5-min2-people296": ["--train-classes", "296"]}
+    assert [study.run_name(**s) for s in runs] == list(want)
+    parse = lambda flags: vars(main.get_parser().parse_args(flags))  # noqa: E731
+    for s, changed in zip(runs, want.values()):
+        got, ref = parse(study.run_flags(**s)), parse(base)
+        assert {k for k in got if got[k] != ref[k]} == {
+            f.lstrip("-").replace("-", "_") for f in changed[::2]}
+        assert parse(base + changed) == got
+        assert study.max_epoch(study.run_name(**s)) == got["max_epoch"]
+    assert study.run_name(**study.lfw_run(0.003)) == "lfw-view1-lam0.003-alpha0.5-min2"
+
+
 def test_parts_share_the_runs_out():
     names = [f"run{i}" for i in range(7)]
     parts = [study.part_of(names, k, 3) for k in (1, 2, 3)]
