@@ -28,6 +28,12 @@ the dim group):
            Fashion-MNIST with those settings: closed set at 2-D and open set at FIG5_DIM,
            softmax only against center loss; FASHION_MAX_EPOCH epochs instead of MAX_EPOCH;
            seeds 1 and 2 (its epoch-to-epoch wobble is larger than MNIST's).
+    omniglot, omniglot-longer, classes
+           Omniglot at 128-D (OMNIGLOT_* below): the λ and α sweeps, λ 0.01 and 0.1 run
+           longer, and K of its 964 training characters.
+    lfw, lfw-view2, lfw-distance
+           LFW by its protocol (LFW_* below): View 1's settings, View 2's ten folds, and
+           View 1's best arm with one change at a time (depth, epochs, fewer people).
 """
 import argparse
 import math
@@ -313,10 +319,12 @@ def read_rows(run_dir):
     return utils.read_metrics(path) if os.path.exists(path) else []
 
 
-def finished(run_dir):
+def finished(run_dir, epochs=None):
+    """Whether the run has its last epoch (`epochs`, else read off its name) in metrics.csv
+    and its log says "Finished"."""
     rows = read_rows(run_dir)
     run = os.path.basename(os.path.normpath(run_dir))
-    if not rows or int(rows[-1]["epoch"]) != max_epoch(run):
+    if not rows or int(rows[-1]["epoch"]) != (epochs or max_epoch(run)):
         return False
     for name in os.listdir(run_dir):
         if name.startswith("log_"):
@@ -326,10 +334,10 @@ def finished(run_dir):
     return False
 
 
-def train(name, flags, args, passthrough):
+def train(name, flags, args, passthrough, epochs=None):
     """Run main.py for one configuration: skip, resume or start it."""
     run_dir = os.path.join(args.runs_dir, name)
-    if finished(run_dir):
+    if finished(run_dir, epochs):
         print(f"{name}: finished, skipped")
         return
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--data-root", args.data_root,
