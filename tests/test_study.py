@@ -90,10 +90,10 @@ def test_lfw_distance_runs():
     """One change at a time to View 1's best arm, each parsed as main.py would."""
     runs = study.groups()["lfw-distance"]
     base = study.run_flags(**study.lfw_run(study.LFW_BEST_LAM))
-    want = {"lfw-view1-lam0.003-alpha0.5-min2-resnet18": ["--model", "resnet18"],
-            "lfw-view1-lam0.003-alpha0.5-min2-40epochs": ["--max-epoch", "40", "--stepsize", "16"],
+    want = {"lfw-view1-lam0.003-alpha0.5-min2-people296": ["--train-classes", "296"],
             "lfw-view1-lam0.003-alpha0.5-min2-people592": ["--train-classes", "592"],
-            "lfw-view1-lam0.003-alpha0.5-min2-people296": ["--train-classes", "296"]}
+            "lfw-view1-lam0.003-alpha0.5-min2-resnet18": ["--model", "resnet18"],
+            "lfw-view1-lam0.003-alpha0.5-min2-40epochs": ["--max-epoch", "40", "--stepsize", "16"]}
     assert [study.run_name(**s) for s in runs] == list(want)
     parse = lambda flags: vars(main.get_parser().parse_args(flags))  # noqa: E731
     for s, changed in zip(runs, want.values()):
