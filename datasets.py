@@ -882,7 +882,7 @@ def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, s
       `train_classes` K of them drawn at random with `seed` (to measure what fewer
       people cost);
     - test: first the images of the threshold pairs (trained people: their class label,
-      or a label from K + T on for a person with fewer than `min_images`), then every
+      or a label from K + T on for a person who is no class), then every
       image of the T test people (labels K..K+T-1).
 
     Returns a dict: train, test (images, labels), mean and std (per channel, of the

@@ -781,15 +781,20 @@ def lfw_summary(dataset, args):
     lfw, k = dataset.lfw, dataset.num_classes
     test = dataset.testloader.labels[lfw["num_threshold_images"]:]
     left_out = len(lfw["people_not_classes"])
+    few = f"fewer than {args.lfw_min_images} images"
+    if not left_out:
+        why = ""
+    elif args.train_classes is None:
+        why = f" ({left_out:,} with {few} are no class)"
+    else:
+        why = (f" ({left_out:,} others are no class: {few}, or not among the "
+               f"--train-classes {args.train_classes} drawn)")
     return ("LFW {}: training on {:,} images of {:,} people{}; testing {:,} pairs ({:,} "
             "matched) of {:,} people never trained on ({:,} images); the threshold is chosen "
             "on {:,} pairs of trained people".format(
-                lfw["split"], len(dataset.trainloader.labels), k,
-                ((f" ({left_out:,} with fewer than {args.lfw_min_images} images are no class)"
-                  if args.train_classes is None else f" ({left_out:,} others are no class: "
-                  f"fewer than {args.lfw_min_images} images, or not among the --train-classes "
-                  f"{args.train_classes} drawn)") if left_out else ""), len(lfw["pairs"]), int(lfw["same"].sum()),
-                len(dataset.classes) - k, len(test), len(lfw["threshold_pairs"])))
+                lfw["split"], len(dataset.trainloader.labels), k, why, len(lfw["pairs"]),
+                int(lfw["same"].sum()), len(dataset.classes) - k, len(test),
+                len(lfw["threshold_pairs"])))
 
 
 def report_lfw(args, dataset, epoch, evaluation_, criterion_cent):
