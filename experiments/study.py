@@ -257,7 +257,9 @@ def groups():
         "classes": omniglot_class_runs(),
         "lfw": lfw_view1_runs(),
         "lfw-view2": lfw_view2_runs(),
-        "lfw-distance": [lfw_run(LFW_BEST_LAM, **change) for change in LFW_DISTANCE],
+        # and softmax only at the longer schedule: does center loss's lead survive it?
+        "lfw-distance": ([lfw_run(LFW_BEST_LAM, **change) for change in LFW_DISTANCE]
+                         + [lfw_run(0, epochs=2 * LFW_MAX_EPOCH)]),
     }
 
 
@@ -583,6 +585,8 @@ def lfw_describe(s):
 
 
 def lfw_distance_describe(s):
+    if not s["lam"]:
+        return f"softmax only, {s['epochs']} epochs"
     if s["model"] != "resnet10":
         return f"{s['model']} (twice the blocks)"
     if s["epochs"] != LFW_MAX_EPOCH:
