@@ -519,6 +519,18 @@ def _decode_all(parent, paths, kind="omniglot28"):
     return torch.stack(images)
 
 
+def draw_classes(classes, k, seed, what):
+    """`k` of the list `classes` drawn at random with `seed`, in their order (--train-classes;
+    all of them when k is None). `what` names the classes in the error."""
+    if k is None:
+        return classes
+    if not isinstance(k, int) or not 2 <= k <= len(classes):
+        raise ValueError(f"--train-classes must be an integer from 2 to {len(classes)} "
+                         f"({what}), got {k!r}")
+    g = torch.Generator().manual_seed(seed)
+    return [classes[j] for j in sorted(torch.randperm(len(classes), generator=g)[:k].tolist())]
+
+
 def load_omniglot(root, train_classes=None, seed=1):
     """Omniglot's splits as uint8 (N, 28, 28) images and int64 labels:
 
@@ -533,15 +545,7 @@ def load_omniglot(root, train_classes=None, seed=1):
     as 'images_evaluation/Angelic/character01/0965_01.png', and one_shot).
     """
     background, evaluation = (_omniglot_index(_omniglot_folder(root, s)) for s in OMNIGLOT_SPLITS)
-    chosen = list(range(len(background)))
-    if train_classes is not None:
-        if not isinstance(train_classes, int) or not 2 <= train_classes <= len(background):
-            raise ValueError(f"--train-classes must be an integer from 2 to "
-                             f"{len(background)} (Omniglot's background characters), "
-                             f"got {train_classes!r}")
-        g = torch.Generator().manual_seed(seed)
-        chosen = sorted(torch.randperm(len(background), generator=g)[:train_classes].tolist())
-    seen = [background[c] for c in chosen]
+    seen = draw_classes(background, train_classes, seed, "Omniglot's background characters")
     parent = os.path.join(os.path.abspath(root), "omniglot-py")
     k = OMNIGLOT_TRAIN_DRAWERS
 
@@ -897,14 +901,8 @@ def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, s
     if len(classes) < 2:
         raise ValueError(f"LFW {split}: {len(classes)} training people have {min_images} "
                          f"or more images; at least 2 are needed")
-    if train_classes is not None:
-        if not isinstance(train_classes, int) or not 2 <= train_classes <= len(classes):
-            raise ValueError(f"--train-classes must be an integer from 2 to {len(classes)} "
-                             f"(LFW {split}'s people with {min_images} or more images), "
-                             f"got {train_classes!r}")
-        g = torch.Generator().manual_seed(seed)
-        chosen = sorted(torch.randperm(len(classes), generator=g)[:train_classes].tolist())
-        classes = [classes[j] for j in chosen]
+    classes = draw_classes(classes, train_classes, seed,
+                           f"LFW {split}'s people with {min_images} or more images")
     label = {n: j for j, (n, _) in enumerate(classes)}
     k, t = len(classes), len(p["test_people"])
     label.update({n: k + j for j, (n, _) in enumerate(p["test_people"])})
