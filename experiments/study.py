@@ -162,6 +162,11 @@ def lfw_run(lam, head="softmax", split="view1", seed=1, min_images=None, lr=LFW_
                 people=people)
 
 
+def lfw_stepsize(epochs):
+    """The LFW schedule stretched to `epochs`: the tenfold decays at the same fractions."""
+    return LFW_STEPSIZE * epochs // LFW_MAX_EPOCH
+
+
 def max_epoch(name):
     """The number of epochs of a run, from its name or dataset (names start with it)."""
     if name.startswith(LFW):
@@ -196,7 +201,7 @@ def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=
         name += f"-min{min_images}" if min_images != 1 else ""
         name += f"-lr{lr:g}" if lr != LFW_LR else ""
         name += f"-{model}" if model != "resnet10" else ""
-        name += f"-{epochs}epochs" if epochs not in (None, LFW_MAX_EPOCH) else ""
+        name += f"-{epochs}epochs" if (epochs or LFW_MAX_EPOCH) != LFW_MAX_EPOCH else ""
         name += f"-people{people}" if people else ""
         return name + (f"-seed{seed}" if seed != 1 else "")
     epochs = OMNIGLOT_MAX_EPOCH if epochs is None else epochs
@@ -221,7 +226,7 @@ def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed
                 "--center-update", "paper", "--lr-cent", f"{alpha:g}", "--weight-cent",
                 f"{lam:g}", "--seed", str(seed), "--lr-model", f"{lr:g}",
                 "--batch-size", "128", "--gamma", "0.1",
-                "--stepsize", str(LFW_STEPSIZE * epochs // LFW_MAX_EPOCH),
+                "--stepsize", str(lfw_stepsize(epochs)),
                 "--eval-freq", str(LFW_EVAL_FREQ), "--max-epoch", str(epochs)
                 ] + (["--train-classes", str(people)] if people else [])
     epochs = OMNIGLOT_MAX_EPOCH if epochs is None else epochs
@@ -590,7 +595,8 @@ def lfw_distance_describe(s):
     if s["model"] != "resnet10":
         return f"{s['model']} (twice the blocks)"
     if s["epochs"] != LFW_MAX_EPOCH:
-        return f"{s['epochs']} epochs (decays after {s['epochs'] * 2 // 5} and {s['epochs'] * 4 // 5})"
+        step = lfw_stepsize(s["epochs"])
+        return f"{s['epochs']} epochs (decays after {step} and {2 * step})"
     if s["people"]:
         return f"{s['people']:,} of the 1,184 training people"
     return "as View 1: resnet10, 20 epochs, 1,184 people"
