@@ -16,7 +16,7 @@ import datasets
 import main
 import utils
 from conftest import ROOT
-from test_main import NO_NETWORK, cli, read, run_main
+from test_main import NO_NETWORK, read, run_main
 
 
 def shown_default(action):
@@ -25,7 +25,7 @@ def shown_default(action):
     return "none" if action.default in ("", None) else str(action.default)
 
 
-def test_help_shows_every_default_and_names_every_dataset():
+def test_help_shows_every_default_and_names_every_dataset(capsys):
     parser = main.get_parser()
     for action in parser._actions:
         if action.dest == "help":
@@ -39,9 +39,10 @@ def test_help_shows_every_default_and_names_every_dataset():
     assert set(choices) >= set(datasets.DATASETS)
     assert all(name in description for name in choices), description
 
-    result = cli("-h")
-    assert result.returncode == 0
-    text = " ".join(result.stdout.split())
+    with pytest.raises(SystemExit) as exc:
+        main.main(["-h"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
     assert "--max-epoch MAX_EPOCH epochs to train (default: 100)" in text
     assert "--lr-model LR_MODEL learning rate for model (default: 0.001)" in text
     assert "--plot plot features every epoch, and GIFs (default: off)" in text

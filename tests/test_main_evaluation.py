@@ -16,20 +16,13 @@ import evaluation
 import main
 import models
 from conftest import ROOT
-from test_main import FAST, NO_NETWORK, checkpoint, cli, metrics, read, run_main
+from test_main import FAST, NO_NETWORK, checkpoint, exit_line, metrics, read, run_main
 
 RETRIEVAL = re.compile(r"^Retrieval, (.+?) \(cosine, (\d+) queries\): P@1 \(%\): (\d+\.\d\d)\t "
                        r"R-precision \(%\): (\d+\.\d\d)\t MAP@R \(%\): (\d+\.\d\d)$", re.M)
 VERIFICATION = re.compile(r"^Verification, (.+?) \(cosine, 6000 pairs, 10 folds\): Accuracy "
                           r"\(%\): (\d+\.\d\d) \+- (\d+\.\d\d)\t AUC: (\d\.\d{4})\t "
                           r"TAR@FAR=1e-3 \(%\): (\d+\.\d\d)$", re.M)
-
-
-def one_error_line(result):
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def test_every_evaluation_reports_retrieval_and_verification(tmp_path, tiny_data, capsys):
@@ -131,36 +124,35 @@ def test_bad_holdout_classes(value, fragment, capsys):
     assert fragment in capsys.readouterr().err
 
 
-def test_evaluate_trains_and_writes_nothing_into_the_checkpoint(tmp_path, tiny_data):
+def test_evaluate_trains_and_writes_nothing_into_the_checkpoint(tmp_path, tiny_data, capsys):
     save_dir = run_main(tmp_path, tiny_data, "--max-epoch", "2", "--holdout-classes", "6,7,8,9")
     path = os.path.join(save_dir, "checkpoint.pth.tar")
     before = read_bytes(path), read(os.path.join(save_dir, "metrics.csv"))
     trained_log = read(os.path.join(save_dir, "log_mnist.txt"))
     # --holdout-classes, like --dataset, --feat-dim ..., comes from the checkpoint.
-    result = cli("--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir,
-                 "--evaluate", "--resume", path, "--plot")
-    assert result.returncode == 0, result.stderr
-    assert f"Evaluating {path} (epoch 2); nothing is trained" in result.stdout
-    assert "==> Epoch" not in result.stdout and "Batch" not in result.stdout
+    capsys.readouterr()
+    main.main(["--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir,
+               "--evaluate", "--resume", path, "--plot"])
+    out = capsys.readouterr().out
+    assert f"Evaluating {path} (epoch 2); nothing is trained" in out
+    assert "==> Epoch" not in out and "Batch" not in out
     # The same model on the same test set: the same figures as the last training evaluation.
     figures = re.compile(r"^(Accuracy|Retrieval|Verification).*$", re.M)
     # One evaluation's 11 lines: accuracy, then for the seen and the unseen classes
     # retrieval and verification by cosine and by L2, and all pairs' verification.
-    assert figures.findall(result.stdout) == figures.findall(trained_log)[-11:]
+    assert figures.findall(out) == figures.findall(trained_log)[-11:]
     assert (read_bytes(path), read(os.path.join(save_dir, "metrics.csv"))) == before
     assert os.path.exists(os.path.join(save_dir, "evaluate_test_epoch_2.png"))
     assert read(os.path.join(save_dir, "log_mnist.txt")).startswith(trained_log)  # appended
     # A flag given that contradicts the checkpoint is refused, as when resuming.
-    result = cli("--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir, "--evaluate",
-                 "--resume", path, "--holdout-classes", "5,6,7,8,9")
-    assert result.returncode == 1 and "--holdout-classes 6,7,8,9 (now 5,6,7,8,9)" in \
-        one_error_line(result)
+    assert "--holdout-classes 6,7,8,9 (now 5,6,7,8,9)" in exit_line(
+        "--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir, "--evaluate",
+        "--resume", path, "--holdout-classes", "5,6,7,8,9")
 
 
 def test_evaluate_needs_resume(tmp_path):
-    result = cli("--evaluate", "--save-dir", str(tmp_path))
-    assert result.returncode == 1
-    assert one_error_line(result) == "error: --evaluate needs --resume CHECKPOINT, the model to evaluate"
+    assert exit_line("--evaluate", "--save-dir", str(tmp_path)) == \
+        "error: --evaluate needs --resume CHECKPOINT, the model to evaluate"
 
 
 def read_bytes(path):
@@ -175,9 +167,7 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(tmp_path, content):
         torch.save(models.create("cnn", 10).state_dict(), path)
     else:
         path.write_bytes(content)
-    result = cli("--resume", str(path), "--save-dir", str(tmp_path / "log"), "--use-cpu")
-    assert result.returncode == 1
-    line = one_error_line(result)
+    line = exit_line("--resume", str(path), "--save-dir", str(tmp_path / "log"), "--use-cpu")
     assert line.startswith(f"error: --resume {path} is not a checkpoint of main.py")
     assert "weights_only" not in line
     assert not os.path.exists(tmp_path / "log")  # nothing written
@@ -187,23 +177,20 @@ def test_resume_with_other_flags_names_each_one(tmp_path, tiny_data):
     save_dir = run_main(tmp_path, tiny_data, "--max-epoch", "1")
     path = os.path.join(save_dir, "checkpoint.pth.tar")
     before = read(os.path.join(save_dir, "log_mnist.txt"))
-    result = cli("--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir, "--resume", path,
-                 "-d", "fashion-mnist", "--feat-dim", "3", "--holdout-classes", "0,1")
-    assert result.returncode == 1
-    line = one_error_line(result)
+    line = exit_line("--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir, "--resume", path,
+                     "-d", "fashion-mnist", "--feat-dim", "3", "--holdout-classes", "0,1")
     assert line == (f"error: --resume {path} was made with --dataset mnist (now fashion-mnist); "
                     f"--feat-dim 2 (now 3); --holdout-classes none (now 0,1): pass the "
                     f"checkpoint's values, or leave out --resume to start a new run")
-    result = cli("--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir, "--resume", path,
-                 "--center-update", "paper")
-    assert one_error_line(result).startswith(
+    assert exit_line("--data-root", tiny_data, "--use-cpu", "--save-dir", save_dir, "--resume",
+                     path, "--center-update", "paper").startswith(
         f"error: --resume {path} was made with --center-update grad (now paper):")
     assert read(os.path.join(save_dir, "log_mnist.txt")) == before  # the log is untouched
 
 
-def test_ctrl_c_says_what_is_saved_and_how_to_continue(tmp_path, tiny_data):
+def test_ctrl_c_says_what_is_saved_and_how_to_continue(tmp_path, micro_data, capsys):
     save_dir = str(tmp_path / "run")
-    flags = ["--data-root", tiny_data, *FAST, "--batch-size", "32", "--print-freq", "1",
+    flags = ["--data-root", micro_data, *FAST, "--batch-size", "16", "--print-freq", "1",
              "--max-epoch", "2", "--save-dir", save_dir]
     proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "main.py"), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -211,7 +198,7 @@ def test_ctrl_c_says_what_is_saved_and_how_to_continue(tmp_path, tiny_data):
     seen_epoch2 = False
     for line in proc.stdout:  # interrupt in the middle of epoch 2
         seen_epoch2 |= line.startswith("==> Epoch 2/2")
-        if seen_epoch2 and line.startswith("Batch 3/8"):
+        if seen_epoch2 and line.startswith("Batch 2/4"):
             proc.send_signal(signal.SIGINT)
             break
     rest, err = proc.communicate(timeout=60)
@@ -224,21 +211,20 @@ def test_ctrl_c_says_what_is_saved_and_how_to_continue(tmp_path, tiny_data):
     assert checkpoint(save_dir)["epoch"] == 1
 
     words = shlex.split(command)
-    resumed = cli(*words[2:])  # the printed command, run as it is
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"Resumed from {path} at epoch 1" in resumed.stdout
+    main.main(words[2:])  # the printed command's flags, as they are
+    assert f"Resumed from {path} at epoch 1" in capsys.readouterr().out
     assert checkpoint(save_dir)["epoch"] == 2
 
 
-def test_ctrl_c_before_the_first_checkpoint(tmp_path, tiny_data):
+def test_ctrl_c_before_the_first_checkpoint(tmp_path, micro_data):
     save_dir = str(tmp_path / "run")
     proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "main.py"), "--data-root",
-                             tiny_data, *FAST, "--batch-size", "16", "--print-freq", "1",
+                             micro_data, *FAST, "--batch-size", "16", "--print-freq", "1",
                              "--max-epoch", "1", "--save-dir", save_dir],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, **NO_NETWORK})
     for line in proc.stdout:
-        if line.startswith("Batch 2/16"):
+        if line.startswith("Batch 1/4"):
             proc.send_signal(signal.SIGINT)
             break
     rest, err = proc.communicate(timeout=60)
