@@ -423,3 +423,22 @@ def test_resumed_lfw_run_equals_an_uninterrupted_one(tmp_path, tiny_lfw, own_sum
     for key in ("model", "center_loss"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
     assert torch.equal(a["shuffle_rng"], b["shuffle_rng"])
+
+
+@pytest.mark.parametrize("batch_size, world_size, left_out", [
+    (85, 1, 1),   # 256 = 3 x 85 + 1: the one image sits out this epoch
+    (127, 1, 0),  # 256 = 2 x 127 + 2: a last batch of two trains
+    (254, 2, 2),  # a last batch of 2 over 2 processes, one image each: both sit out
+    (252, 2, 0),  # a last batch of 4: two images a process train
+])
+def test_no_process_trains_on_a_batch_of_one_image(tiny_data, batch_size, world_size, left_out):
+    # BatchNorm, the resnets' feature layer, cannot train on one image: LFW fold 10's 7,809
+    # training images left a last batch of 1 at --batch-size 128, and the run stopped.
+    seen = 0
+    for rank in range(world_size):
+        loader = datasets.create("mnist", batch_size, False, root=tiny_data, rank=rank,
+                                 world_size=world_size).trainloader
+        sizes = [len(labels) for images, labels in loader]
+        assert len(sizes) == len(loader) and min(sizes) >= 2, sizes
+        seen += sum(sizes)
+    assert seen == 256 - left_out
