@@ -626,19 +626,30 @@ def lfw_tables(args):
                            lfw_distance_describe))
     import evaluation
     folds = {label: lfw_folds(arm, args) for label, arm in arms}
+    # Each arm against the arm it adds one thing to: center loss against its loss without it,
+    # CosFace against softmax; same fold, same seed, so the fold's difficulty cancels.
+    bases = {arms[1][0]: arms[0][0], arms[2][0]: arms[0][0], arms[3][0]: arms[2][0]}
     lines = []
-    base = folds[arms[0][0]]
     for label, accs in folds.items():
         done = [a for a in accs if a is not None]
         mean = "—" if len(done) < 10 else "{:.2f} ± {:.2f}".format(*evaluation.standard_error(done))
-        paired = [a - b for a, b in zip(accs, base) if a is not None and b is not None]
-        diff = ("—" if label == arms[0][0] or len(paired) < 10 else
-                "{:+.2f} ± {:.2f}".format(*evaluation.standard_error(paired)))
-        lines.append([label, mean, diff, f"{len(done)}/10"]
+        diff, count = "—", "—"
+        if label in bases:
+            paired = [a - b for a, b in zip(accs, folds[bases[label]])
+                      if a is not None and b is not None]
+            if len(paired) == 10:
+                diff = "{:+.2f} ± {:.2f} to {}".format(*evaluation.standard_error(paired),
+                                                       bases[label])
+            if paired:
+                count = "{} / {} / {}".format(sum(d > 0 for d in paired),
+                                              sum(d == 0 for d in paired),
+                                              sum(d < 0 for d in paired))
+        lines.append([label, mean, diff, count, f"{len(done)}/10"]
                      + ["—" if a is None else f"{a:.2f}" for a in accs])
     return out + table("LFW View 2: mean ± standard error over the 10 folds, and each fold "
                        "(test pairs' accuracy %)",
-                       ["arm", "mean ± SE", "paired difference to softmax only", "folds done"]
+                       ["arm", "mean ± SE", "paired difference (same fold and seed)",
+                        "folds ahead / level / behind", "folds done"]
                        + [f"fold {k}" for k in range(1, 11)], lines)
 
 

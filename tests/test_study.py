@@ -353,6 +353,10 @@ def test_lfw_tables_and_figure(tmp_path, monkeypatch):
     for k in range(1, 11):  # softmax only and λ 0.003 on every fold, λ ahead by k/10 points
         write_lfw_run(study.lfw_run(0, split=f"fold{k}"), f"{80 + k:.2f}")
         write_lfw_run(study.lfw_run(0.003, split=f"fold{k}"), f"{80 + 1.1 * k:.2f}")
+    for k, (alone, both) in enumerate([("90.00", "91.00"), ("92.00", "92.00")], 1):
+        cosface = dict(head="cosface", lr=study.LFW_COSFACE_LR, split=f"fold{k}")
+        write_lfw_run(study.lfw_run(0, **cosface), alone)
+        write_lfw_run(study.lfw_run(0.003, **cosface), both)
     study.report(study.argparse.Namespace(runs_dir=str(tmp_path)))
     with open(os.path.join(tmp_path, "tables.md")) as f:
         tables = f.read()
@@ -362,9 +366,12 @@ def test_lfw_tables_and_figure(tmp_path, monkeypatch):
     assert "| softmax + λ 0.01, α 0.5 | — |" in tables
     folds = [80 + k for k in range(1, 11)]
     mean, se = 85.5, (sum((f - 85.5) ** 2 for f in folds) / 9) ** 0.5 / 10 ** 0.5
-    assert f"| softmax only | {mean:.2f} ± {se:.2f} | — | 10/10 | 81.00 |" in tables
+    assert f"| softmax only | {mean:.2f} ± {se:.2f} | — | — | 10/10 | 81.00 |" in tables
     diffs = [0.1 * k for k in range(1, 11)]
     d_se = (sum((d - 0.55) ** 2 for d in diffs) / 9) ** 0.5 / 10 ** 0.5
-    assert f"| λ 0.003 | 86.05 ± {se * 1.1:.2f} | +0.55 ± {d_se:.2f} | 10/10 |" in tables
-    assert "| CosFace | — | — | 0/10 |" in tables
+    assert (f"| λ 0.003 | 86.05 ± {se * 1.1:.2f} | +0.55 ± {d_se:.2f} to softmax only "
+            f"| 10 / 0 / 0 | 10/10 |") in tables
+    assert "| CosFace | — | — | 2 / 0 / 0 | 2/10 | 90.00 | 92.00 | — |" in tables
+    # CosFace + λ is set against CosFace alone, on the folds both have, and never meaned early
+    assert "| CosFace + λ 0.003 | — | — | 1 / 1 / 0 | 2/10 | 91.00 | 92.00 | — |" in tables
     assert os.path.getsize(os.path.join(tmp_path, "lfw.png")) > 10_000
