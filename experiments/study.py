@@ -611,6 +611,16 @@ def lfw_folds(arm, args):
     return out
 
 
+def lfw_fold_means(arm, args):
+    """Mean AUC and MAP@R (%) of an arm's test people over the ten folds: "—" each until all
+    ten have finished."""
+    rows = [lfw_last(run_name(**lfw_run(split=f"fold{k}", **arm)), args) for k in range(1, 11)]
+    if any(row is None for row in rows):
+        return ["—", "—"]
+    return [f"{sum(float(r['unseen_auc']) for r in rows) / 10:.4f}",
+            f"{sum(float(r['unseen_map_at_r']) for r in rows) / 10:.2f}"]
+
+
 def lfw_tables(args):
     where = (f"resnet10, 512-D, 64 x 64 crops, SGD lr {LFW_LR:g} unless the row says, "
              f"{LFW_MAX_EPOCH} epochs; "
@@ -645,11 +655,13 @@ def lfw_tables(args):
                                               sum(d == 0 for d in paired),
                                               sum(d < 0 for d in paired))
         lines.append([label, mean, diff, count, f"{len(done)}/10"]
+                     + lfw_fold_means(dict(arms)[label], args)
                      + ["—" if a is None else f"{a:.2f}" for a in accs])
     return out + table("LFW View 2: mean ± standard error over the 10 folds, and each fold "
                        "(test pairs' accuracy %)",
                        ["arm", "mean ± SE", "paired difference (same fold and seed)",
-                        "folds ahead / level / behind", "folds done"]
+                        "folds ahead / level / behind", "folds done", "mean AUC",
+                        "mean MAP@R % (test people)"]
                        + [f"fold {k}" for k in range(1, 11)], lines)
 
 

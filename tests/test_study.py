@@ -366,12 +366,13 @@ def test_lfw_tables_and_figure(tmp_path, monkeypatch):
     assert "| softmax + λ 0.01, α 0.5 | — |" in tables
     folds = [80 + k for k in range(1, 11)]
     mean, se = 85.5, (sum((f - 85.5) ** 2 for f in folds) / 9) ** 0.5 / 10 ** 0.5
-    assert f"| softmax only | {mean:.2f} ± {se:.2f} | — | — | 10/10 | 81.00 |" in tables
+    assert (f"| softmax only | {mean:.2f} ± {se:.2f} | — | — | 10/10 | 0.9300 | 20.00 | 81.00 |"
+            in tables)  # the means of AUC and MAP@R once all ten folds are in
     diffs = [0.1 * k for k in range(1, 11)]
     d_se = (sum((d - 0.55) ** 2 for d in diffs) / 9) ** 0.5 / 10 ** 0.5
     assert (f"| λ 0.003 | 86.05 ± {se * 1.1:.2f} | +0.55 ± {d_se:.2f} to softmax only "
-            f"| 10 / 0 / 0 | 10/10 |") in tables
-    assert "| CosFace | — | — | 2 / 0 / 0 | 2/10 | 90.00 | 92.00 | — |" in tables
+            f"| 10 / 0 / 0 | 10/10 | 0.9300 | 20.00 | 81.10 |") in tables
+    assert "| CosFace | — | — | 2 / 0 / 0 | 2/10 | — | — | 90.00 | 92.00 | — |" in tables
     # CosFace + λ is set against CosFace alone, on the folds both have, and never meaned early
-    assert "| CosFace + λ 0.003 | — | — | 1 / 1 / 0 | 2/10 | 91.00 | 92.00 | — |" in tables
+    assert "| CosFace + λ 0.003 | — | — | 1 / 1 / 0 | 2/10 | — | — | 91.00 | 92.00 | — |" in tables
     assert os.path.getsize(os.path.join(tmp_path, "lfw.png")) > 10_000
