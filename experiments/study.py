@@ -602,19 +602,19 @@ def lfw_distance_describe(s):
     return "as View 1: resnet10, 20 epochs, 1,184 people"
 
 
-def lfw_folds(arm, args):
-    """The ten folds' test-pair accuracies (%) of one arm, None where not finished."""
-    out = []
-    for k in range(1, 11):
-        row = lfw_last(run_name(**lfw_run(split=f"fold{k}", **arm)), args)
-        out.append(None if row is None else float(row["unseen_ver_accuracy"]))
-    return out
+def lfw_fold_rows(arm, args):
+    """The last metrics row of each of one arm's ten folds, None where not finished."""
+    return [lfw_last(run_name(**lfw_run(split=f"fold{k}", **arm)), args) for k in range(1, 11)]
 
 
-def lfw_fold_means(arm, args):
+def lfw_accuracies(rows):
+    """The test-pair accuracies (%) of lfw_fold_rows' rows, None where not finished."""
+    return [None if row is None else float(row["unseen_ver_accuracy"]) for row in rows]
+
+
+def lfw_fold_means(rows):
     """Mean AUC and MAP@R (%) of an arm's test people over the ten folds: "—" each until all
     ten have finished."""
-    rows = [lfw_last(run_name(**lfw_run(split=f"fold{k}", **arm)), args) for k in range(1, 11)]
     if any(row is None for row in rows):
         return ["—", "—"]
     return [f"{sum(float(r['unseen_auc']) for r in rows) / 10:.4f}",
@@ -635,7 +635,8 @@ def lfw_tables(args):
                  lfw_lines([lfw_run(LFW_BEST_LAM)] + groups()["lfw-distance"], args,
                            lfw_distance_describe))
     import evaluation
-    folds = {label: lfw_folds(arm, args) for label, arm in arms}
+    rows = {label: lfw_fold_rows(arm, args) for label, arm in arms}
+    folds = {label: lfw_accuracies(r) for label, r in rows.items()}
     # Each arm against the arm it adds one thing to: center loss against its loss without it,
     # CosFace against softmax; same fold, same seed, so the fold's difficulty cancels.
     bases = {arms[1][0]: arms[0][0], arms[2][0]: arms[0][0], arms[3][0]: arms[2][0]}
@@ -655,7 +656,7 @@ def lfw_tables(args):
                                               sum(d == 0 for d in paired),
                                               sum(d < 0 for d in paired))
         lines.append([label, mean, diff, count, f"{len(done)}/10"]
-                     + lfw_fold_means(dict(arms)[label], args)
+                     + lfw_fold_means(rows[label])
                      + ["—" if a is None else f"{a:.2f}" for a in accs])
     return out + table("LFW View 2: mean ± standard error over the 10 folds, and each fold "
                        "(test pairs' accuracy %)",
@@ -668,7 +669,7 @@ def lfw_tables(args):
 def lfw_picture(args):
     """View 2's accuracy per fold and arm (lfw.png); nothing before a fold has finished."""
     arms = lfw_arms()
-    folds = {label: lfw_folds(arm, args) for label, arm in arms}
+    folds = {label: lfw_accuracies(lfw_fold_rows(arm, args)) for label, arm in arms}
     if not any(a is not None for accs in folds.values() for a in accs):
         return
     plt = pyplot()
