@@ -45,7 +45,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["retrieval_metrics", "verification_pairs", "verification_metrics",
-           "protocol_verification", "standard_error", "all_pairs_tar_at_far", "one_shot_error"]
+           "protocol_verification", "standard_error", "all_pairs_tar_at_far", "one_shot_error",
+           "feature_stats", "combine_mirror", "measure", "measure_lfw", "measure_one_shot",
+           "pair_scores_record", "pair_scores_figures"]
 
 METRICS = ("cosine", "euclidean")
 # Elements of one block of the query-by-sample similarity matrix (float64: 64 MiB).
@@ -325,7 +327,7 @@ def protocol_verification(features, pairs, same, threshold_pairs, threshold_same
     Returns:
         dict with ``accuracy`` on `pairs`, ``threshold``, ``threshold_accuracy`` (on
         `threshold_pairs`), ``auc`` and ``tar_at_far`` of `pairs` (threshold-free), ``far``,
-        and the ROC of `pairs` (``fpr``, ``tpr``).
+        the ROC of `pairs` (``fpr``, ``tpr``) and their ``scores``.
     """
     if (not isinstance(features, torch.Tensor) or features.dim() != 2
             or not features.is_floating_point()):
@@ -344,7 +346,7 @@ def protocol_verification(features, pairs, same, threshold_pairs, threshold_same
             "threshold": t.item(),
             "threshold_accuracy": ((chosen_on > t) == threshold_same).double().mean().item(),
             "auc": _auc(scores, same), "tar_at_far": _tar_at_far(scores, same, far),
-            "far": float(far), "fpr": fpr, "tpr": tpr}
+            "far": float(far), "fpr": fpr, "tpr": tpr, "scores": scores}
 
 
 def standard_error(values):
@@ -519,3 +521,187 @@ def one_shot_error(support, queries, answers, metric="cosine"):
     per_run = wrong.double().mean(1).cpu()
     return {"error": per_run.mean().item(), "error_std": per_run.std(unbiased=False).item(),
             "per_run": per_run}
+
+
+# ------------------------------------------------------------------ protocol reports
+# What main.py prints and records after each evaluation: the metrics above applied to the
+# test features by each dataset's protocol, printed as one line each, and returned as
+# metrics.csv's values (percent with two decimals, AUC as a fraction).
+
+# The sampled pairs of a labelled test set, laid out as LFW's pairs.txt: 6,000 pairs in 10
+# folds, the same pairs at every evaluation (seed 0).
+NUM_PAIRS, PAIRS_SEED = 6000, 0
+# The 1:1 protocol of IJB-style benchmarks: TAR at these FARs over every pair of a split.
+ALL_PAIRS_FARS = (1e-3, 1e-4, 1e-5)
+
+
+def feature_stats(features, labels, num_classes):
+    """What center loss does to the features, in the features' own units:
+
+    - intra: mean Euclidean distance of a feature to its class mean (spread);
+    - inter: smallest distance between two class means (separation);
+    - ratio: intra / inter, scale-free, lower is tighter (the softmax-only
+      features grow without bound, so only the ratio compares runs).
+    """
+    features = features.double()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    means = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+    means = means.index_add_(0, labels, features) / counts.clamp(min=1).unsqueeze(1)
+    intra = (features - means[labels]).norm(dim=1).mean().item()
+    present = means[counts > 0]
+    if len(present) < 2:
+        return intra, float("nan"), float("nan")
+    dist = torch.cdist(present, present)
+    dist.fill_diagonal_(float("inf"))
+    inter = dist.min().item()
+    return intra, inter, intra / inter
+
+
+def all_pairs_field(far):
+    """metrics.csv column of the all-pairs TAR at `far`: tar_all_1e-04 for 1e-4."""
+    return f"tar_all_{far:.0e}"
+
+
+# How a face's feature and its mirror image's are combined at test time: the paper
+# concatenates them; their sum is as common. Chosen on View 1 (docs/lfw.md).
+MIRROR = "sum"
+
+
+def combine_mirror(features, mirrored, how=None):
+    """The test feature of a face from the features of the image and of its mirror image:
+    'sum' (the same width), 'concat' (the paper's: twice the width) or 'none'."""
+    how = how or MIRROR
+    if how == "sum":
+        return features + mirrored
+    if how == "concat":
+        return torch.cat([features, mirrored], 1)
+    if how == "none":
+        return features
+    raise ValueError(f"mirror combination must be sum, concat or none, got {how!r}")
+
+
+def report_seen(what, acc, err, features, labels, k):
+    """Print the classification accuracy (`what`) and the feature statistics of the
+    images of the K trained classes; returns their metrics.csv values."""
+    seen = labels < k
+    print("{}: {}\t Error rate (%): {}".format(what, acc, err))
+    intra, inter, ratio = feature_stats(features[seen], labels[seen], k)
+    print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
+          .format(intra, inter, ratio))
+    return dict(accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
+                ratio=f"{ratio:.6g}")
+
+
+def measure(features, labels, name):
+    """Retrieval and verification of one split of the test features, printed; returns
+    the metrics.csv values (percent, AUC as a fraction) and the ROC points."""
+    figures = measure_retrieval(features, labels, name)
+    pairs = verification_pairs(labels, NUM_PAIRS, seed=PAIRS_SEED)
+    v = verification_metrics(features, labels, pairs)
+    print_verification(v, name, "cosine", len(pairs))
+    # By L2 distance too (printed, not in metrics.csv): cosine sees only a feature's angle,
+    # while center loss shapes its length as well; at 2-D the two can disagree widely.
+    measure_retrieval(features, labels, name, metric="euclidean")
+    v_l2 = verification_metrics(features, labels, pairs, metric="euclidean")
+    print_verification(v_l2, name, "L2", len(pairs))
+    figures.update(ver_accuracy=f"{100 * v['accuracy']:.2f}",
+                   ver_accuracy_std=f"{100 * v['accuracy_std']:.2f}",
+                   auc=f"{v['auc']:.5f}", tar_at_far=f"{100 * v['tar_at_far']:.2f}")
+    figures.update(measure_all_pairs(features, labels, name))
+    return figures, (v["fpr"], v["tpr"])
+
+
+def print_verification(v, name, metric, num_pairs):
+    print("Verification, {} ({}, {} pairs, 10 folds): Accuracy (%): {:.2f} +- {:.2f}\t "
+          "AUC: {:.4f}\t TAR@FAR=1e-3 (%): {:.2f}".format(
+              name, metric, num_pairs, 100 * v["accuracy"], 100 * v["accuracy_std"], v["auc"],
+              100 * v["tar_at_far"]))
+
+
+def measure_retrieval(features, labels, name, metric="cosine"):
+    """Leave-one-out retrieval of these features, printed; the metrics.csv values."""
+    r = retrieval_metrics(features, labels, metric=metric)
+    print("Retrieval, {} ({}, {} queries): P@1 (%): {:.2f}\t R-precision (%): {:.2f}\t "
+          "MAP@R (%): {:.2f}".format(name, "L2" if metric == "euclidean" else metric,
+                                     r["num_queries"], 100 * r["precision_at_1"],
+                                     100 * r["r_precision"], 100 * r["map_at_r"]))
+    return dict(precision_at_1=f"{100 * r['precision_at_1']:.2f}",
+                r_precision=f"{100 * r['r_precision']:.2f}",
+                map_at_r=f"{100 * r['map_at_r']:.2f}")
+
+
+def measure_all_pairs(features, labels, name):
+    """TAR at ALL_PAIRS_FARS over every pair of these features, printed; the metrics.csv
+    values."""
+    a = all_pairs_tar_at_far(features, labels, fars=ALL_PAIRS_FARS)
+    print("Verification, {}, all pairs (cosine, {} same-class, {} different-class): {}".format(
+        name, a["num_same"], a["num_different"], "\t ".join(
+            "TAR@FAR={} (%): {:.2f}".format(f"{far:.0e}".replace("e-0", "e-"), 100 * tar) for far, tar in a["tar"].items())))
+    return {all_pairs_field(far): f"{100 * tar:.3f}" for far, tar in a["tar"].items()}
+
+
+def measure_one_shot(support, queries, answers):
+    """Lake et al.'s one-shot error of these features, printed; the metrics.csv values."""
+    row, text = {}, []
+    for metric, suffix, name in (("cosine", "", "cosine"), ("euclidean", "_l2", "L2")):
+        e = one_shot_error(support, queries, answers, metric=metric)
+        row["oneshot_error" + suffix] = f"{100 * e['error']:.2f}"
+        row["oneshot_error_std" + suffix] = f"{100 * e['error_std']:.2f}"
+        text.append("{} {:.2f} +- {:.2f}".format(name, 100 * e["error"], 100 * e["error_std"]))
+    print("One-shot, Lake et al. ({} runs of {}-way, 1-shot): Error rate (%): {}".format(
+        *support.shape[:2], "\t ".join(text)))
+    return row
+
+
+def measure_lfw(features, labels, lfw, name):
+    """LFW's protocol (docs/lfw.md): its test pairs scored by cosine with the threshold
+    chosen on pairs of trained people, then retrieval and all-pairs TAR of the test people;
+    printed. `lfw` is datasets.load_lfw's description of the split. Returns the
+    metrics.csv values and protocol_verification's result (with the test pairs' scores)."""
+    v = protocol_verification(features, lfw["pairs"], lfw["same"], lfw["threshold_pairs"],
+                              lfw["threshold_same"])
+    print("LFW {} (cosine, {} pairs of people never trained on; threshold {:.4f}, chosen on "
+          "{} pairs of trained people, {:.2f}% right there): Accuracy (%): {:.2f}\t AUC: {:.4f}"
+          "\t TAR@FAR=1e-3 (%): {:.2f}".format(
+              lfw["split"], len(lfw["pairs"]), v["threshold"], len(lfw["threshold_pairs"]),
+              100 * v["threshold_accuracy"], 100 * v["accuracy"], v["auc"],
+              100 * v["tar_at_far"]))
+    row = dict(unseen_ver_accuracy=f"{100 * v['accuracy']:.2f}", unseen_auc=f"{v['auc']:.5f}",
+               unseen_tar_at_far=f"{100 * v['tar_at_far']:.2f}",
+               lfw_threshold=f"{v['threshold']:.6f}",
+               lfw_threshold_accuracy=f"{100 * v['threshold_accuracy']:.2f}")
+    test = torch.arange(len(labels)) >= lfw["num_threshold_images"]
+    for key, value in measure_retrieval(features[test], labels[test], name).items():
+        row["unseen_" + key] = value
+    for key, value in measure_all_pairs(features[test], labels[test], name).items():
+        row["unseen_" + key] = value
+    return row, v
+
+
+def pair_scores_record(lfw, files, v, epoch):
+    """What re-checks an LFW run without its features (main.py writes it as
+    pair_scores.json.gz): each test pair's image names, whether it is matched and its
+    cosine score, the threshold and where it was chosen, and the people trained on.
+    pair_scores_figures() recomputes the figures from it."""
+    names = [(files[i], files[j]) for i, j in lfw["pairs"].tolist()]
+    return {"split": lfw["split"], "epoch": epoch, "metric": "cosine", "mirror": MIRROR,
+            "threshold": v["threshold"], "threshold_accuracy": v["threshold_accuracy"],
+            "threshold_pairs": len(lfw["threshold_pairs"]),
+            "pairs": [[a, b, int(s), float(score)] for (a, b), s, score in
+                      zip(names, lfw["same"].tolist(), v["scores"].tolist())],
+            "trained_people": list(lfw["trained_people"])}
+
+
+def pair_scores_figures(record, far=1e-3):
+    """From a pair_scores_record: the accuracy (%) at its threshold, the AUC, TAR (%) at
+    `far`, the ROC (fpr, tpr), and the best accuracy any threshold would reach on these
+    very pairs (%, at best_threshold): an oracle that the protocol does not allow, shown
+    only to say what choosing the threshold elsewhere costs."""
+    scores = torch.tensor([p[3] for p in record["pairs"]], dtype=torch.float64)
+    same = torch.tensor([bool(p[2]) for p in record["pairs"]])
+    best = _best_threshold(scores, same)
+    fpr, tpr = _roc(scores, same)
+    return {"accuracy": 100 * ((scores > record["threshold"]) == same).double().mean().item(),
+            "auc": _auc(scores, same), "tar_at_far": 100 * _tar_at_far(scores, same, far),
+            "best_accuracy": 100 * ((scores > best) == same).double().mean().item(),
+            "best_threshold": best.item(), "fpr": fpr, "tpr": tpr}

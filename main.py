@@ -266,7 +266,7 @@ def test(model, dataset, args):
         all_correct.append((outputs.argmax(1) == labels).cpu())
         features = features.float()
         if dataset.lfw is not None:  # faces: with the mirror image's feature (docs/lfw.md)
-            features = combine_mirror(features, forward(model, data.flip(3), args)[0].float())
+            features = evaluation.combine_mirror(features, forward(model, data.flip(3), args)[0].float())
         all_features.append(features.cpu())
         all_labels.append(labels.cpu())
     features, labels, correct = (utils.gather(torch.cat(t))
@@ -275,24 +275,6 @@ def test(model, dataset, args):
     acc = round(correct.sum().item() * 100. / len(correct), 2)
     err = round(100. - acc, 2)
     return acc, err, features, labels, one_shot_features(model, dataset, args)
-
-
-# How a face's feature and its mirror image's are combined at test time: the paper
-# concatenates them; their sum is as common. Chosen on View 1 (docs/lfw.md).
-MIRROR = "sum"
-
-
-def combine_mirror(features, mirrored, how=None):
-    """The test feature of a face from the features of the image and of its mirror image:
-    'sum' (the same width), 'concat' (the paper's: twice the width) or 'none'."""
-    how = how or MIRROR
-    if how == "sum":
-        return features + mirrored
-    if how == "concat":
-        return torch.cat([features, mirrored], 1)
-    if how == "none":
-        return features
-    raise ValueError(f"mirror combination must be sum, concat or none, got {how!r}")
 
 
 def one_shot_features(model, dataset, args):
@@ -350,17 +332,31 @@ def main(argv=None):
     else:
         out = utils.Logger(os.devnull, console=False)
     sys.stdout = out
+    # run.json beside the log: how this run was made (command, versions, device, commit),
+    # said in words on the log's first lines; a resume or an --evaluate adds its own entry.
+    entry = utils.run_record(argv, use_gpu, device, world, args.amp)
+    record_path = os.path.join(args.save_dir, "run.json")
+    if rank == 0:
+        print(utils.describe_run(entry))
+        kind = "evaluate" if args.evaluate else "resume" if args.resume else "train"
+        record, entry = utils.open_run_record(record_path, entry, kind)
     # The latest checkpoint on disk and its epoch, for the Ctrl-C message.
     progress = {"saved": ckpt["epoch"] if ckpt else None, "path": args.resume}
+    start, outcome = time.time(), "error"
     try:
         run(args, ckpt, use_gpu, device, rank, world, progress)
+        outcome = "finished"
     except NonFiniteLoss as e:
+        outcome = "stopped: non-finite loss"
         print(f"Stopped: {e}. The last good checkpoint stays in {args.save_dir}.")
         sys.exit(1)
     except KeyboardInterrupt:
+        outcome = "interrupted"
         print(interrupted_message(args, argv, progress["saved"], progress["path"]))
         sys.exit(130)  # 128 + SIGINT, as a shell reports it
     finally:
+        if rank == 0:
+            utils.close_run_record(record_path, record, entry, time.time() - start, outcome)
         sys.stdout = out.console
         out.close()
         utils.close_distributed()
@@ -577,9 +573,9 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
         start_epoch, elapsed_before = ckpt["epoch"], ckpt["elapsed_s"]
     if args.evaluate:
         print("Evaluating {} (epoch {}); nothing is trained".format(args.resume, start_epoch))
-        evaluation = test(model, dataset, args)
+        result = test(model, dataset, args)
         if rank == 0:
-            report(args, dataset, start_epoch - 1, evaluation, criterion_cent)
+            report(args, dataset, start_epoch - 1, result, criterion_cent)
         print(outputs_line(args, start_epoch))
         return
     if ckpt is not None:
@@ -603,11 +599,11 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
         last = epoch + 1 == args.max_epoch
         if (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0) or last:
             print("==> Test")
-            evaluation = test(model, dataset, args)
+            result = test(model, dataset, args)
         else:
-            evaluation = None
+            result = None
         if rank == 0:
-            record(args, dataset, epoch, losses, evaluation, criterion_cent, lr,
+            record(args, dataset, epoch, losses, result, criterion_cent, lr,
                    time.time() - epoch_start, fields)
             utils.save_checkpoint(state(epoch + 1, model, criterion_cent, optimizer_model,
                                         optimizer_cent, scheduler, dataset,
@@ -643,12 +639,12 @@ def outputs_line(args, epoch):
     """The last line of a run: the folder and the files this run wrote there. Names are
     kept only where the file exists (LFW draws no test scatter)."""
     if args.evaluate:  # beside the checkpoint: the log is appended to, the rest rewritten
-        names = ["roc.png", "test_features.pt"]
+        names = ["run.json", "roc.png", "pair_scores.json.gz", "test_features.pt"]
         if args.plot:
             names.append("evaluate_test_epoch_{}.png".format(epoch))
     else:
-        names = ["checkpoint.pth.tar", "metrics.csv", "curves.png", "roc.png",
-                 "test_features.pt"]
+        names = ["checkpoint.pth.tar", "metrics.csv", "run.json", "curves.png", "roc.png",
+                 "pair_scores.json.gz", "test_features.pt"]
         if args.plot:
             names += ["train.gif", "test.gif"]
     names = ["log_{}.txt".format(args.dataset)] + [
@@ -661,16 +657,16 @@ def outputs_line(args, epoch):
     return line
 
 
-def record(args, dataset, epoch, losses, evaluation, criterion_cent, lr, epoch_time, fields):
+def record(args, dataset, epoch, losses, result, criterion_cent, lr, epoch_time, fields):
     """Rank 0's per-epoch output: the evaluation's report, metrics.csv and curves.png,
     and with --plot the training features' frame and GIF."""
     loss, xent, cent, train_features, train_labels = losses
     if args.plot:
         plot_epoch(args, dataset, epoch, "train", train_features, train_labels, None,
                    criterion_cent)
-    if evaluation is None:
+    if result is None:
         return
-    row = report(args, dataset, epoch, evaluation, criterion_cent)
+    row = report(args, dataset, epoch, result, criterion_cent)
     row.update(epoch=epoch + 1, loss=f"{loss:.6f}", xent_loss=f"{xent:.6f}",
                center_loss=f"{cent:.6f}", lr_model=lr, epoch_time_s=f"{epoch_time:.1f}")
     metrics_path = os.path.join(args.save_dir, "metrics.csv")
@@ -678,33 +674,28 @@ def record(args, dataset, epoch, losses, evaluation, criterion_cent, lr, epoch_t
     utils.plot_curves(metrics_path, os.path.join(args.save_dir, "curves.png"))
 
 
-# LFW's protocol: 6,000 pairs in 10 folds, the same pairs at every evaluation (seed 0).
-NUM_PAIRS, PAIRS_SEED = 6000, 0
-# The 1:1 protocol of IJB-style benchmarks: TAR at these FARs over every pair of a split.
-ALL_PAIRS_FARS = utils.ALL_PAIRS_FARS
-
-
-def report(args, dataset, epoch, evaluation, criterion_cent):
+def report(args, dataset, epoch, result, criterion_cent):
     """Print one evaluation (accuracy, feature statistics, retrieval and verification of
     the seen and the held-out classes), save the test features and roc.png, and plot the
     test features with --plot. Returns the metrics.csv columns it measured."""
     if dataset.lfw is not None:
-        return report_lfw(args, dataset, epoch, evaluation, criterion_cent)
-    acc, err, features, labels, one_shot = evaluation
+        return report_lfw(args, dataset, epoch, result, criterion_cent)
+    acc, err, features, labels, one_shot = result
     k = dataset.num_classes
     seen = labels < k
-    row = report_seen("Accuracy (%)", acc, err, features, labels, k)
+    row = evaluation.report_seen("Accuracy (%)", acc, err, features, labels, k)
     curves = {}
     splits = [("", "seen classes" if dataset.open_set else "test set", seen)]
     if dataset.open_set:
         splits.append(("unseen_", dataset.unseen_name, ~seen))
     for prefix, name, mask in splits:
-        figures, roc = measure(features[mask], labels[mask], name)
+        figures, roc = evaluation.measure(features[mask], labels[mask], name)
         row.update({prefix + key: value for key, value in figures.items()})
         curves[name] = roc
     if one_shot is not None:
-        row.update(measure_one_shot(*one_shot, dataset.one_shot["answers"]))
-    title = "{}, epoch {}: ROC of {} test pairs, cosine".format(args.dataset, epoch + 1, NUM_PAIRS)
+        row.update(evaluation.measure_one_shot(*one_shot, dataset.one_shot["answers"]))
+    title = "{}, epoch {}: ROC of {} test pairs, cosine".format(args.dataset, epoch + 1,
+                                                                evaluation.NUM_PAIRS)
     utils.plot_roc(curves, os.path.join(args.save_dir, "roc.png"), title)
     centers = criterion_cent.centers.detach().float().cpu()
     torch.save({"features": features, "labels": labels, "classes": dataset.classes,
@@ -714,66 +705,6 @@ def report(args, dataset, epoch, evaluation, criterion_cent):
     if args.plot:
         plot_epoch(args, dataset, epoch, "test", features, labels, acc, criterion_cent)
     return row
-
-
-def report_seen(what, acc, err, features, labels, k):
-    """Print the classification accuracy (`what`) and the feature statistics of the
-    images of the K trained classes; returns their metrics.csv values."""
-    seen = labels < k
-    print("{}: {}\t Error rate (%): {}".format(what, acc, err))
-    intra, inter, ratio = utils.feature_stats(features[seen], labels[seen], k)
-    print("Intra-class spread {:.4f}\t Inter-class separation {:.4f}\t Ratio {:.4f}"
-          .format(intra, inter, ratio))
-    return dict(accuracy=acc, error_rate=err, intra=f"{intra:.6g}", inter=f"{inter:.6g}",
-                ratio=f"{ratio:.6g}")
-
-
-def measure(features, labels, name):
-    """Retrieval and verification of one split of the test features, printed; returns
-    the metrics.csv values (percent, AUC as a fraction) and the ROC points."""
-    figures = measure_retrieval(features, labels, name)
-    pairs = evaluation.verification_pairs(labels, NUM_PAIRS, seed=PAIRS_SEED)
-    v = evaluation.verification_metrics(features, labels, pairs)
-    print_verification(v, name, "cosine", len(pairs))
-    # By L2 distance too (printed, not in metrics.csv): cosine sees only a feature's angle,
-    # while center loss shapes its length as well; at 2-D the two can disagree widely.
-    measure_retrieval(features, labels, name, metric="euclidean")
-    v_l2 = evaluation.verification_metrics(features, labels, pairs, metric="euclidean")
-    print_verification(v_l2, name, "L2", len(pairs))
-    figures.update(ver_accuracy=f"{100 * v['accuracy']:.2f}",
-                   ver_accuracy_std=f"{100 * v['accuracy_std']:.2f}",
-                   auc=f"{v['auc']:.5f}", tar_at_far=f"{100 * v['tar_at_far']:.2f}")
-    figures.update(measure_all_pairs(features, labels, name))
-    return figures, (v["fpr"], v["tpr"])
-
-
-def print_verification(v, name, metric, num_pairs):
-    print("Verification, {} ({}, {} pairs, 10 folds): Accuracy (%): {:.2f} +- {:.2f}\t "
-          "AUC: {:.4f}\t TAR@FAR=1e-3 (%): {:.2f}".format(
-              name, metric, num_pairs, 100 * v["accuracy"], 100 * v["accuracy_std"], v["auc"],
-              100 * v["tar_at_far"]))
-
-
-def measure_retrieval(features, labels, name, metric="cosine"):
-    """Leave-one-out retrieval of these features, printed; the metrics.csv values."""
-    r = evaluation.retrieval_metrics(features, labels, metric=metric)
-    print("Retrieval, {} ({}, {} queries): P@1 (%): {:.2f}\t R-precision (%): {:.2f}\t "
-          "MAP@R (%): {:.2f}".format(name, "L2" if metric == "euclidean" else metric,
-                                     r["num_queries"], 100 * r["precision_at_1"],
-                                     100 * r["r_precision"], 100 * r["map_at_r"]))
-    return dict(precision_at_1=f"{100 * r['precision_at_1']:.2f}",
-                r_precision=f"{100 * r['r_precision']:.2f}",
-                map_at_r=f"{100 * r['map_at_r']:.2f}")
-
-
-def measure_all_pairs(features, labels, name):
-    """TAR at ALL_PAIRS_FARS over every pair of these features, printed; the metrics.csv
-    values."""
-    a = evaluation.all_pairs_tar_at_far(features, labels, fars=ALL_PAIRS_FARS)
-    print("Verification, {}, all pairs (cosine, {} same-class, {} different-class): {}".format(
-        name, a["num_same"], a["num_different"], "\t ".join(
-            "TAR@FAR={} (%): {:.2f}".format(f"{far:.0e}".replace("e-0", "e-"), 100 * tar) for far, tar in a["tar"].items())))
-    return {utils.all_pairs_field(far): f"{100 * tar:.3f}" for far, tar in a["tar"].items()}
 
 
 def lfw_summary(dataset, args):
@@ -797,58 +728,33 @@ def lfw_summary(dataset, args):
                 len(lfw["threshold_pairs"])))
 
 
-def report_lfw(args, dataset, epoch, evaluation_, criterion_cent):
-    """report() for LFW: verification of the protocol's pairs with the threshold chosen
-    on trained people's pairs, retrieval and all-pairs TAR of the test people; roc.png and
-    test_features.pt (the test pairs' images only). Returns the metrics.csv values."""
-    acc, err, features, labels, _ = evaluation_
+def report_lfw(args, dataset, epoch, result, criterion_cent):
+    """report() for LFW: evaluation.measure_lfw's figures of the test people; roc.png,
+    pair_scores.json.gz (what re-checks the figures: KB, committed with a reference run)
+    and test_features.pt (the test pairs' images only, MB: not committed). Returns the
+    metrics.csv values."""
+    acc, err, features, labels, _ = result
     lfw = dataset.lfw
     # The only class-labelled images at test time are training images (the threshold
     # pairs'), centre-cropped: a training accuracy, not a test one.
-    row = report_seen("Accuracy on trained people's images (%)", acc, err, features, labels,
-                      dataset.num_classes)
-    v = evaluation.protocol_verification(features, lfw["pairs"], lfw["same"],
-                                         lfw["threshold_pairs"], lfw["threshold_same"])
-    print("LFW {} (cosine, {} pairs of people never trained on; threshold {:.4f}, chosen on "
-          "{} pairs of trained people, {:.2f}% right there): Accuracy (%): {:.2f}\t AUC: {:.4f}"
-          "\t TAR@FAR=1e-3 (%): {:.2f}".format(
-              lfw["split"], len(lfw["pairs"]), v["threshold"], len(lfw["threshold_pairs"]),
-              100 * v["threshold_accuracy"], 100 * v["accuracy"], v["auc"],
-              100 * v["tar_at_far"]))
-    row.update(unseen_ver_accuracy=f"{100 * v['accuracy']:.2f}", unseen_auc=f"{v['auc']:.5f}",
-               unseen_tar_at_far=f"{100 * v['tar_at_far']:.2f}",
-               lfw_threshold=f"{v['threshold']:.6f}",
-               lfw_threshold_accuracy=f"{100 * v['threshold_accuracy']:.2f}")
-    test = torch.arange(len(labels)) >= lfw["num_threshold_images"]
-    for key, value in measure_retrieval(features[test], labels[test], dataset.unseen_name).items():
-        row["unseen_" + key] = value
-    for key, value in measure_all_pairs(features[test], labels[test], dataset.unseen_name).items():
-        row["unseen_" + key] = value
+    row = evaluation.report_seen("Accuracy on trained people's images (%)", acc, err,
+                                 features, labels, dataset.num_classes)
+    figures, v = evaluation.measure_lfw(features, labels, lfw, dataset.unseen_name)
+    row.update(figures)
     title = "lfw {}, epoch {}: ROC of its {} test pairs, cosine".format(
         lfw["split"], epoch + 1, len(lfw["pairs"]))
     utils.plot_roc({f"LFW {lfw['split']}": (v["fpr"], v["tpr"])},
                    os.path.join(args.save_dir, "roc.png"), title)
+    utils.save_pair_scores(evaluation.pair_scores_record(lfw, dataset.files, v, epoch + 1),
+                           os.path.join(args.save_dir, "pair_scores.json.gz"))
     # The test pairs' images only, in float16: about a megabyte for a View 2 fold.
     used, pairs = torch.unique(lfw["pairs"], return_inverse=True)
     torch.save({"features": features[used].half(), "labels": labels[used],
                 "files": [dataset.files[i] for i in used.tolist()], "pairs": pairs,
                 "same": lfw["same"], "threshold": v["threshold"], "split": lfw["split"],
-                "mirror": MIRROR, "trained_people": lfw["trained_people"],
+                "mirror": evaluation.MIRROR, "trained_people": lfw["trained_people"],
                 "epoch": epoch + 1, "accuracy": acc},
                os.path.join(args.save_dir, "test_features.pt"))
-    return row
-
-
-def measure_one_shot(support, queries, answers):
-    """Lake et al.'s one-shot error of these features, printed; the metrics.csv values."""
-    row, text = {}, []
-    for metric, suffix, name in (("cosine", "", "cosine"), ("euclidean", "_l2", "L2")):
-        e = evaluation.one_shot_error(support, queries, answers, metric=metric)
-        row["oneshot_error" + suffix] = f"{100 * e['error']:.2f}"
-        row["oneshot_error_std" + suffix] = f"{100 * e['error_std']:.2f}"
-        text.append("{} {:.2f} +- {:.2f}".format(name, 100 * e["error"], 100 * e["error_std"]))
-    print("One-shot, Lake et al. ({} runs of {}-way, 1-shot): Error rate (%): {}".format(
-        *support.shape[:2], "\t ".join(text)))
     return row
 
 

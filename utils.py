@@ -1,19 +1,28 @@
-"""Helpers of the training script: logging, running averages, feature statistics,
+"""Helpers of the training script: distributed runs, logging, running averages,
 plots and GIFs, checkpoints and the metrics file."""
 import csv
+import datetime
+import gzip
+import json
 import os
+import platform
 import re
+import shlex
+import subprocess
 import sys
 import zipfile
 
 import torch
 import torch.distributed as dist
 
+from evaluation import ALL_PAIRS_FARS, all_pairs_field
+
 __all__ = ["init_distributed", "close_distributed", "backend", "wrap_ddp", "gather",
-           "all_average", "ranks_identical", "Logger", "AverageMeter", "feature_stats", "project_2d", "plot_features",
+           "all_average", "ranks_identical", "run_record", "describe_run",
+           "open_run_record", "close_run_record", "Logger", "AverageMeter", "project_2d", "plot_features",
            "make_gif", "plot_curves", "save_checkpoint", "load_checkpoint",
-           "plot_roc", "CHECKPOINT_KEYS", "METRICS_FIELDS", "UNSEEN_FIELDS", "ONE_SHOT_FIELDS",
-           "all_pairs_field", "metrics_fields", "append_metrics",
+           "plot_roc", "save_pair_scores", "load_pair_scores", "CHECKPOINT_KEYS", "METRICS_FIELDS", "UNSEEN_FIELDS", "ONE_SHOT_FIELDS",
+           "metrics_fields", "append_metrics",
            "read_metrics", "truncate_metrics"]
 
 
@@ -76,6 +85,104 @@ def ranks_identical(*modules):
     return all(torch.equal(a, b) for other in parts[1:] for a, b in zip(parts[0], other))
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_record(argv, use_gpu, device, world, amp):
+    """How this invocation was made, for run.json and the log's first lines: the command
+    as a shell line (its paths as given), the working directory (relative to this
+    repository when inside it), torch and Python versions, the device, the precision, the
+    git commit and whether tracked files differed from it, and the start time (UTC)."""
+    script = "main.py"
+    if argv is None:
+        script, argv = sys.argv[0], sys.argv[1:]
+    words = ["python", script]
+    if world > 1:  # torchrun's own flags are not visible here: the process counts are
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        words = ["torchrun", f"--nproc_per_node={local}"] + (
+            [f"--nnodes={world // local}"] if world != local else []) + [script]
+    cwd = os.getcwd()
+    inside = os.path.commonpath([cwd, ROOT]) == ROOT
+    commit, dirty = _git("rev-parse", "HEAD"), _git("status", "--porcelain",
+                                                    "--untracked-files=no")
+    return {"command": shlex.join(words + list(argv)),
+            "cwd": os.path.relpath(cwd, ROOT) if inside else cwd,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "device": _device_name(use_gpu, device), "processes": world,
+            "precision": "bf16 autocast" if amp else "fp32",
+            "commit": commit, "dirty": None if dirty is None else dirty != "",
+            "start": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "wall_s": None, "outcome": "running"}
+
+
+def _git(*words):
+    """git's output in this repository, stripped; None without git or outside a checkout
+    (a copied file)."""
+    try:
+        done = subprocess.run(["git", "-C", ROOT, *words], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _device_name(use_gpu, device):
+    if use_gpu:
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"CPU: {model}, {torch.get_num_threads()} threads"
+
+
+def describe_run(entry):
+    """run_record's entry in words: the log's first two lines."""
+    commit = ("no git commit" if entry["commit"] is None else
+              f"commit {entry['commit'][:12]}" + (" with local changes" if entry["dirty"] else ""))
+    processes = f" x {entry['processes']} processes" if entry["processes"] > 1 else ""
+    return (f"Command: {entry['command']}  (in {entry['cwd']})\n"
+            f"Made with torch {entry['torch']}, Python {entry['python']}, {entry['device']}"
+            f"{processes}, {entry['precision']}; {commit}; started {entry['start']}")
+
+
+def open_run_record(path, entry, kind):
+    """Write run.json: a new training run starts it; a resume or an --evaluate of the same
+    folder adds its entry to the record's "later" list. Returns (record, entry as stored)."""
+    record = None
+    if kind != "train" and os.path.exists(path):
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            record = None
+    if record is None:
+        record = dict(entry, kind=kind)
+        stored = record
+    else:
+        stored = dict(entry, kind=kind)
+        record.setdefault("later", []).append(stored)
+    _write_json(path, record)
+    return record, stored
+
+
+def close_run_record(path, record, stored, wall_s, outcome):
+    """The invocation's wall time and how it ended, written into run.json."""
+    stored.update(wall_s=round(wall_s, 1), outcome=outcome)
+    _write_json(path, record)
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
 class Logger:
     """Writes to the console and to a file, as the popular script's utils.Logger."""
 
@@ -110,28 +217,6 @@ class AverageMeter:
         self.sum += val * n
         self.count += n
         self.avg = self.sum / self.count
-
-
-def feature_stats(features, labels, num_classes):
-    """What center loss does to the features, in the features' own units:
-
-    - intra: mean Euclidean distance of a feature to its class mean (spread);
-    - inter: smallest distance between two class means (separation);
-    - ratio: intra / inter, scale-free, lower is tighter (the softmax-only
-      features grow without bound, so only the ratio compares runs).
-    """
-    features = features.double()
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    means = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
-    means = means.index_add_(0, labels, features) / counts.clamp(min=1).unsqueeze(1)
-    intra = (features - means[labels]).norm(dim=1).mean().item()
-    present = means[counts > 0]
-    if len(present) < 2:
-        return intra, float("nan"), float("nan")
-    dist = torch.cdist(present, present)
-    dist.fill_diagonal_(float("inf"))
-    inter = dist.min().item()
-    return intra, inter, intra / inter
 
 
 def project_2d(features):
@@ -215,15 +300,9 @@ METRICS_FIELDS = ["epoch", "loss", "xent_loss", "center_loss", "accuracy", "erro
                   "ver_accuracy", "ver_accuracy_std", "auc", "tar_at_far"]
 # The same figures on the held-out classes' test images (--holdout-classes).
 UNSEEN_FIELDS = ["unseen_" + k for k in METRICS_FIELDS[-7:]]
-ALL_PAIRS_FARS = (1e-3, 1e-4, 1e-5)
 # Lake et al.'s one-shot error (%, mean and std over runs) by cosine and by L2 distance.
 ONE_SHOT_FIELDS = ["oneshot_error", "oneshot_error_std", "oneshot_error_l2",
                    "oneshot_error_std_l2"]
-
-
-def all_pairs_field(far):
-    """metrics.csv column of the all-pairs TAR at `far`: tar_all_1e-04 for 1e-4."""
-    return f"tar_all_{far:.0e}"
 
 
 # LFW: the threshold chosen on trained people's pairs, and the accuracy it has there (%).
@@ -270,6 +349,20 @@ def _column(rows, key):
     """(epochs, values) of the rows where `key` has a value (older files lack columns)."""
     pairs = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key, "") not in ("", None)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def save_pair_scores(record, path):
+    """Write evaluation.pair_scores_record as gzipped JSON (mtime 0: the same record gives
+    the same bytes), through a temp file as the checkpoints."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(json.dumps(record, indent=None).encode())
+    os.replace(tmp, path)
+
+
+def load_pair_scores(path):
+    with gzip.open(path, "rt") as f:
+        return json.load(f)
 
 
 def plot_curves(metrics_path, path):

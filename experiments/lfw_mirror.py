@@ -41,7 +41,7 @@ def features(path, data_root):
         plain.append(main.forward(model, data, args)[0].float())
         mirrored.append(main.forward(model, data.flip(3), args)[0].float())
     plain, mirrored = torch.cat(plain), torch.cat(mirrored)
-    return {way: main.combine_mirror(plain, mirrored, way) for way in WAYS}, dataset
+    return {way: evaluation.combine_mirror(plain, mirrored, way) for way in WAYS}, dataset
 
 
 def main_():

@@ -15,6 +15,7 @@ import datasets
 import evaluation
 import main
 import models
+import utils
 from conftest import (LFW_DEV_TEST, LFW_DEV_TRAIN, LFW_PAIRS_DEV_TEST, LFW_PEOPLE, LFW_SINGLE,
                       lfw_count, lfw_fold_pairs, lfw_name)
 from test_main import FAST, checkpoint, metrics
@@ -342,7 +343,7 @@ def test_test_features_are_the_image_plus_its_mirror(tiny_lfw, own_sums):
     with torch.no_grad():
         want = model(x)[0] + model(x.flip(3))[0]
     assert torch.allclose(features, want, atol=1e-5)
-    assert torch.equal(main.combine_mirror(want[:, :2], want[:, 2:4], "concat"),
+    assert torch.equal(evaluation.combine_mirror(want[:, :2], want[:, 2:4], "concat"),
                        torch.cat([want[:, :2], want[:, 2:4]], 1))
 
 
@@ -373,6 +374,21 @@ def test_train_and_evaluate_lfw(tmp_path, tiny_lfw, own_sums, capsys):
     assert saved["pairs"].shape == (2, 2) and saved["same"].tolist() == [True, False]
     assert [saved["files"][i] for i in saved["pairs"][0]] == [
         f"{lfw_name(6)}_{j:04d}" for j in lfw_fold_pairs(3)[0][1:]]
+    # The committed record of the run: the pairs' names and scores, the threshold and the
+    # people trained on, from which the logged figures come out again.
+    scores = utils.load_pair_scores(os.path.join(save_dir, "pair_scores.json.gz"))
+    assert scores["split"] == "fold4" and scores["epoch"] == 2
+    assert scores["threshold"] == pytest.approx(float(rows[-1]["lfw_threshold"]), abs=1e-6)
+    assert sorted(scores["trained_people"]) == sorted(saved["trained_people"])
+    x = F.normalize(saved["features"].float(), dim=1)
+    for (a, b, same, score), (i, j), want_same in zip(scores["pairs"], saved["pairs"].tolist(),
+                                                      saved["same"].tolist()):
+        assert [a, b] == [saved["files"][i], saved["files"][j]] and same == want_same
+        assert score == pytest.approx((x[i] @ x[j]).item(), abs=2e-3)  # features in float16
+    again = evaluation.pair_scores_figures(scores)
+    assert f"{again['accuracy']:.2f}" == rows[-1]["unseen_ver_accuracy"]
+    assert f"{again['auc']:.5f}" == rows[-1]["unseen_auc"]
+    assert again["best_accuracy"] >= again["accuracy"]
     ckpt = checkpoint(save_dir)
     assert ckpt["args"]["lfw_split"] == "fold4" and ckpt["args"]["model"] == "resnet10"
     # --evaluate takes the split and the model from the checkpoint, same figures.

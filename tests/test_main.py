@@ -1,7 +1,9 @@
 """End-to-end runs of main.py on tiny IDX datasets written by conftest.py."""
 import csv
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -67,6 +69,11 @@ def test_log_plots_checkpoint_metrics(tmp_path, tiny_data, capsys):
     log = read(os.path.join(save_dir, "log_mnist.txt"))
     assert log == out  # everything printed goes to the log
     lines = log.splitlines()
+    # How the run was made, in words, then the popular script's console from its first line.
+    record = run_record(save_dir)
+    assert lines[0] == f"Command: {record['command']}  (in {record['cwd']})"
+    assert lines[1].startswith(f"Made with torch {torch.__version__}, Python ")
+    lines = lines[2:]
     assert lines[0] == "==========" and lines[1].startswith("Args:Namespace(")
     assert lines[3:6] == ["Currently using CPU", "Creating dataset: mnist", "Creating model: cnn"]
     assert "==> Epoch 1/2" in lines and "==> Epoch 2/2" in lines
@@ -101,6 +108,48 @@ def test_log_plots_checkpoint_metrics(tmp_path, tiny_data, capsys):
     assert abs(float(rows[0]["ratio"]) - ratio) < 1e-4 * ratio
     assert os.path.getsize(os.path.join(save_dir, "curves.png")) > 0
     assert not [f for f in os.listdir(save_dir) if f.endswith(".tmp")]
+
+
+def run_record(save_dir):
+    with open(os.path.join(save_dir, "run.json")) as f:
+        return json.load(f)
+
+
+def test_a_run_records_how_it_was_made(tmp_path, tiny_data, monkeypatch):
+    """run.json: a pasteable command with the paths as given, versions, device, commit,
+    start and wall time; a resume adds an entry of its own."""
+    monkeypatch.chdir(ROOT)
+    save_dir = os.path.relpath(tmp_path / "run", ROOT)  # given relative: kept relative
+    flags = ["--data-root", tiny_data, "--save-dir", save_dir, *FAST, "--weight-cent", "0.5"]
+    main.main(flags + ["--max-epoch", "1"])
+    record = run_record(save_dir)
+    assert record["command"] == shlex.join(["python", "main.py", *flags, "--max-epoch", "1"])
+    assert shlex.split(record["command"])[2:] == flags + ["--max-epoch", "1"]
+    assert record["cwd"] == "." and record["kind"] == "train"
+    assert record["torch"] == torch.__version__
+    assert record["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+    assert record["device"].startswith("CPU: ") and record["device"].endswith(
+        f", {torch.get_num_threads()} threads")
+    assert record["processes"] == 1 and record["precision"] == "fp32"
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # a checkout (CI's clean clone is one)
+        assert record["commit"] == head.stdout.strip() and isinstance(record["dirty"], bool)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", record["start"])
+    assert record["outcome"] == "finished" and 0 < record["wall_s"] < 600
+    with open(os.path.join(save_dir, "log_mnist.txt")) as f:
+        first = f.read().splitlines()[:2]
+    assert first[0] == f"Command: {record['command']}  (in .)"
+    assert first[1].startswith(f"Made with torch {record['torch']}, Python {record['python']}, "
+                               f"{record['device']}, fp32; ")
+    # Resumed: the first entry stays, the resume is added with its own command.
+    resume = ["--resume", os.path.join(save_dir, "checkpoint.pth.tar")]
+    main.main(flags + ["--max-epoch", "2"] + resume)
+    again = run_record(save_dir)
+    assert {k: v for k, v in again.items() if k != "later"} == record
+    assert len(again["later"]) == 1 and again["later"][0]["kind"] == "resume"
+    assert again["later"][0]["command"].endswith(shlex.join(resume))
+    assert again["later"][0]["outcome"] == "finished"
 
 
 def test_training_matches_popular_loop(tiny_data):
