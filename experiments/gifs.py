@@ -5,10 +5,10 @@
     python experiments/gifs.py --data-root ./data --only center softmax
 
 Each run is main.py with the popular implementation's defaults, --plot and an evaluation
-every epoch: the flags in the Args line of log/<name>/'s log. It trains in
+every epoch: the flags in the Args line of log/popular/<name>/'s log. It trains in
 --runs-dir/<name>/ (resumed from its checkpoint when interrupted, as experiments/study.py
-does). Once finished, its log, metrics.csv and curves.png are copied to log/<name>/ and its
-GIFs to gifs/. A run is bit-identical only at the same OMP_NUM_THREADS (docs/details.md).
+does). Once finished, its log, metrics.csv and run.json are copied to log/popular/<name>/
+and its GIFs to gifs/. A run is bit-identical only at the same OMP_NUM_THREADS (docs/details.md).
 """
 import argparse
 import importlib.util
@@ -44,13 +44,13 @@ def run_flags(name):
 
 
 def land(name, args):
-    """Copy a finished run's log, metrics.csv and curves.png to --log-dir/<name>/ and its
+    """Copy a finished run's log, metrics.csv and run.json to --log-dir/<name>/ and its
     GIFs to --gifs-dir."""
     run_dir = os.path.join(args.runs_dir, name)
     out = os.path.join(args.log_dir, name)
     os.makedirs(out, exist_ok=True)
     os.makedirs(args.gifs_dir, exist_ok=True)
-    for f in (f"log_{RUNS[name][0]}.txt", "metrics.csv", "curves.png"):
+    for f in (f"log_{RUNS[name][0]}.txt", "metrics.csv", "run.json"):
         shutil.copy(os.path.join(run_dir, f), os.path.join(out, f))
     for made, kept in RUNS[name][3].items():
         shutil.copy(os.path.join(run_dir, made), os.path.join(args.gifs_dir, kept))
@@ -63,7 +63,7 @@ def main(argv=None):
     p.add_argument("--data-root", default="./data")
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "log", "gif-runs"),
                    help="where the runs train (the default is git-ignored)")
-    p.add_argument("--log-dir", default=os.path.join(ROOT, "log"))
+    p.add_argument("--log-dir", default=os.path.join(ROOT, "log", "popular"))
     p.add_argument("--gifs-dir", default=os.path.join(ROOT, "gifs"))
     p.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
     args, passthrough = p.parse_known_args(argv)

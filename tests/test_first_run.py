@@ -51,7 +51,7 @@ def test_help_shows_every_default_and_names_every_dataset(capsys):
 def test_args_line_shows_the_users_settings_and_evaluate_only_what_applies(
         tmp_path, tiny_data, monkeypatch):
     save_dir = run_main(tmp_path, tiny_data, "--max-epoch", "1", "--holdout-classes", "8,9")
-    args_line = read(os.path.join(save_dir, "log_mnist.txt")).splitlines()[1]
+    args_line = read(os.path.join(save_dir, "log_mnist.txt")).splitlines()[3]
     assert args_line.startswith("Args:Namespace(dataset='mnist', workers=4, batch_size=64, ")
     assert "max_epoch=1" in args_line and "holdout_classes='8,9'" in args_line
     assert "holdout=" not in args_line and "channels_last" not in args_line  # internal
@@ -65,9 +65,9 @@ def test_args_line_shows_the_users_settings_and_evaluate_only_what_applies(
                "--resume", os.path.join("elsewhere", "checkpoint.pth.tar")])
     assert not os.path.exists(tmp_path / "log")
     written = set(os.listdir(elsewhere))
-    assert written == {"checkpoint.pth.tar", "log_mnist.txt", "roc.png", "test_features.pt",
-                       "evaluate_test_epoch_1.png"}, written
-    args_line = read(elsewhere / "log_mnist.txt").splitlines()[1]
+    assert written == {"checkpoint.pth.tar", "log_mnist.txt", "run.json", "roc.png",
+                       "test_features.pt", "evaluate_test_epoch_1.png"}, written
+    args_line = read(elsewhere / "log_mnist.txt").splitlines()[3]
     assert args_line.startswith("Args:Namespace(") and "evaluate=True" in args_line
     assert "save_dir='elsewhere'" in args_line and "holdout_classes='8,9'" in args_line
     for flag in main.TRAINING_ONLY + main.INTERNAL:  # max_epoch, eval_freq, lr_model, ...
@@ -85,12 +85,18 @@ def test_a_users_run_at_the_top_of_log_is_ignored_the_committed_runs_are_not():
     users = ["log/log_mnist.txt", "log/log_fashion-mnist.txt", "log/metrics.csv",
              "log/curves.png", "log/roc.png", "log/test_features.pt", "log/train.gif",
              "log/test.gif", "log/train/epoch_1.png", "log/test/epoch_3.png",
-             "log/checkpoint.pth.tar", "log/evaluate_test_epoch_2.png"]
+             "log/checkpoint.pth.tar", "log/evaluate_test_epoch_2.png", "log/run.json",
+             "log/pair_scores.json.gz"]
     # The reference runs, each in its own folder, and a user's run in a folder named so.
-    kept = ["log/README.md", "log/center/log_mnist.txt", "log/center/metrics.csv",
-                 "log/center/curves.png", "log/study/mnist-d2-lam0/roc.png",
-                 "log/study/mnist-d2-lam0/test_features.pt", "log/study/fig3_lambda.png",
-                 "log/study/tables.md", "log/mine/log_mnist.txt"]
+    kept = ["log/README.md", "log/runs.csv", "log/popular/center/log_mnist.txt",
+            "log/popular/center/metrics.csv", "log/popular/center/run.json",
+            "log/study/mnist-d2-lam0/test_features.pt", "log/study/fig3_lambda.png",
+            "log/study/lfw-fold1-lam0-min2/pair_scores.json.gz",
+            "log/study/tables.md", "log/mine/log_mnist.txt"]
+    # What one command redraws, and the MB of an LFW run's features: not committed.
+    users += ["log/popular/center/curves.png", "log/study/mnist-d2-lam0/roc.png",
+              "log/study/lfw-fold1-lam0-min2/test_features.pt",
+              "log/study/omniglot-d128-lam0/test_features.pt"]
     ignored = lambda path: git("check-ignore", "-q", "--no-index", path).returncode == 0
     assert [p for p in users if not ignored(p)] == []
     assert [p for p in kept if ignored(p)] == []
@@ -119,7 +125,7 @@ def plotted_run(tmp_path_factory, micro_data):
 
 def test_without_cuda_the_readme_command_trains_on_the_cpu(plotted_run):
     _, lines, _ = plotted_run
-    assert "use_cpu=False" in lines[1] and lines[3] == "Currently using CPU"
+    assert "use_cpu=False" in lines[3] and lines[5] == "Currently using CPU"
 
 
 def test_each_epoch_prints_its_time(plotted_run):
@@ -147,7 +153,7 @@ def test_the_last_line_names_every_output(plotted_run, tmp_path):
     save_dir, lines, _ = plotted_run
     assert lines[-2].startswith("Finished. Total elapsed time (h:m:s): ")
     assert lines[-1] == (f"Outputs in {save_dir}/: log_mnist.txt, checkpoint.pth.tar, "
-                         f"metrics.csv, curves.png, roc.png, test_features.pt, train.gif, "
+                         f"metrics.csv, run.json, curves.png, roc.png, test_features.pt, train.gif, "
                          f"test.gif (one frame per epoch in train/ and test/)")
     named = lines[-1].split(": ", 1)[1].split(" (")[0].split(", ")
     assert sorted(os.listdir(save_dir)) == sorted(named + ["train", "test"])
@@ -156,12 +162,12 @@ def test_the_last_line_names_every_output(plotted_run, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(os.path.join(save_dir, "checkpoint.pth.tar"), elsewhere)
-    data_root = re.search(r"data_root='([^']*)'", lines[1])[1]
+    data_root = re.search(r"data_root='([^']*)'", lines[3])[1]
     main.main(["--data-root", data_root, "--use-cpu", "--evaluate", "--plot",
                "--resume", str(elsewhere / "checkpoint.pth.tar")])
     last = read(elsewhere / "log_mnist.txt").splitlines()[-1]
-    assert last == (f"Outputs in {elsewhere}/: log_mnist.txt, roc.png, test_features.pt, "
-                    f"evaluate_test_epoch_2.png")
+    assert last == (f"Outputs in {elsewhere}/: log_mnist.txt, run.json, roc.png, "
+                    f"test_features.pt, evaluate_test_epoch_2.png")
     assert sorted(os.listdir(elsewhere)) == sorted(last.split(": ", 1)[1].split(", ")
                                                    + ["checkpoint.pth.tar"])
 

@@ -15,8 +15,8 @@ spec.loader.exec_module(gifs)
 
 
 def logged_args(name):
-    """The Namespace in the Args line of log/<name>/'s committed log."""
-    folder = os.path.join(ROOT, "log", name)
+    """The Namespace in the Args line of log/popular/<name>/'s committed log."""
+    folder = os.path.join(ROOT, "log", "popular", name)
     log = next(f for f in os.listdir(folder) if f.startswith("log_"))
     with open(os.path.join(folder, log)) as f:
         line = next(line for line in f if line.startswith("Args:"))
@@ -42,7 +42,7 @@ def test_a_run_lands_its_log_and_gifs(tmp_path, tiny_data, monkeypatch, capsys):
             "--gifs-dir", str(tmp_path / "gifs")]
     gifs.main(["--data-root", tiny_data, *dirs, "--only", "fashion-softmax", "--use-cpu"])
     landed = tmp_path / "log" / "fashion-softmax"
-    assert sorted(os.listdir(landed)) == ["curves.png", "log_fashion-mnist.txt", "metrics.csv"]
+    assert sorted(os.listdir(landed)) == ["log_fashion-mnist.txt", "metrics.csv", "run.json"]
     with Image.open(tmp_path / "gifs" / "fashion_softmax_test.gif") as gif:
         assert gif.n_frames == 1
     with open(landed / "log_fashion-mnist.txt") as f:
