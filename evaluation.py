@@ -634,9 +634,10 @@ def measure_all_pairs(features, labels, name):
     """TAR at ALL_PAIRS_FARS over every pair of these features, printed; the metrics.csv
     values."""
     a = all_pairs_tar_at_far(features, labels, fars=ALL_PAIRS_FARS)
+    tars = "\t ".join("TAR@FAR={} (%): {:.2f}".format(f"{far:.0e}".replace("e-0", "e-"), 100 * tar)
+                      for far, tar in a["tar"].items())
     print("Verification, {}, all pairs (cosine, {} same-class, {} different-class): {}".format(
-        name, a["num_same"], a["num_different"], "\t ".join(
-            "TAR@FAR={} (%): {:.2f}".format(f"{far:.0e}".replace("e-0", "e-"), 100 * tar) for far, tar in a["tar"].items())))
+        name, a["num_same"], a["num_different"], tars))
     return {all_pairs_field(far): f"{100 * tar:.3f}" for far, tar in a["tar"].items()}
 
 

@@ -18,11 +18,11 @@ import torch.distributed as dist
 from evaluation import ALL_PAIRS_FARS, all_pairs_field
 
 __all__ = ["init_distributed", "close_distributed", "backend", "wrap_ddp", "gather",
-           "all_average", "ranks_identical", "run_record", "describe_run",
-           "open_run_record", "close_run_record", "Logger", "AverageMeter", "project_2d", "plot_features",
-           "make_gif", "plot_curves", "save_checkpoint", "load_checkpoint",
-           "plot_roc", "save_pair_scores", "load_pair_scores", "CHECKPOINT_KEYS", "METRICS_FIELDS", "UNSEEN_FIELDS", "ONE_SHOT_FIELDS",
-           "metrics_fields", "append_metrics",
+           "all_average", "ranks_identical", "run_record", "describe_run", "open_run_record",
+           "close_run_record", "Logger", "AverageMeter", "project_2d", "plot_features",
+           "make_gif", "plot_curves", "save_checkpoint", "load_checkpoint", "plot_roc",
+           "save_pair_scores", "load_pair_scores", "CHECKPOINT_KEYS", "METRICS_FIELDS",
+           "UNSEEN_FIELDS", "ONE_SHOT_FIELDS", "metrics_fields", "append_metrics",
            "read_metrics", "truncate_metrics"]
 
 

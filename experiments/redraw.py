@@ -71,7 +71,8 @@ def redraw(run_dir, out_dir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run's folder, e.g. log/study/<run>")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="a run's folder, e.g. log/study/<run>")
     p.add_argument("--out-dir", default=None,
                    help="write into OUT_DIR/<run name>/ instead of each run's own folder")
     args = p.parse_args(argv)

@@ -269,7 +269,8 @@ def test_tables_and_figures_come_from_the_runs_files(tmp_path):
     # L2 figures come from the saved features, with main.py's pairs.
     saved = torch.load(os.path.join(tmp_path, study.run_name(lam=0.01), "test_features.pt"))
     r = evaluation.retrieval_metrics(saved["features"], saved["labels"], metric="euclidean")
-    pairs = evaluation.verification_pairs(saved["labels"], evaluation.NUM_PAIRS, seed=evaluation.PAIRS_SEED)
+    pairs = evaluation.verification_pairs(saved["labels"], evaluation.NUM_PAIRS,
+                                          seed=evaluation.PAIRS_SEED)
     v = evaluation.verification_metrics(saved["features"], saved["labels"], pairs,
                                         metric="euclidean")
     l2 = sections["Figure 3 by L2 distance"]
