@@ -133,6 +133,9 @@ LFW_COSFACE_LR = 0.01
 LFW_DISTANCE = [dict(people=296), dict(people=592), dict(model="resnet18"),
                 dict(epochs=2 * LFW_MAX_EPOCH)]
 
+# The recipe's levers (View 1 only), each a change from 40 epochs of the step schedule.
+LFW_RECIPE = [dict(epochs=4 * LFW_MAX_EPOCH)]
+
 
 # Small K: the ~1,800 steps of the 964-class runs are hundreds of epochs of 16 K images, long
 # after the training loss is zero, where Adam at this rate is not stable (K = 30, 450 epochs:
@@ -265,6 +268,10 @@ def groups():
         # and softmax only at the longer schedule: does center loss's lead survive it?
         "lfw-distance": ([lfw_run(LFW_BEST_LAM, **change) for change in LFW_DISTANCE]
                          + [lfw_run(0, epochs=2 * LFW_MAX_EPOCH)]),
+        # The recipe, chosen on View 1: from λ LFW_BEST_LAM at 40 epochs, one change at a
+        # time, each with softmax only beside it.
+        "lfw-recipe": [lfw_run(lam, **change) for change in LFW_RECIPE
+                       for lam in (0, LFW_BEST_LAM)],
     }
 
 
