@@ -52,7 +52,7 @@ import utils  # noqa: E402
 # after epoch 5, and an evaluation every epoch to check convergence (the last three test
 # accuracies within 0.3 points). 8 epochs = 3,752 iterations of batch 128.
 LR = 0.01
-DIM_LR = 0.005  # 0.01 diverged with 128-D features; 0.005 trained (log/README.md)
+DIM_LR = 0.005  # 0.01 diverged with 128-D features; 0.005 trained (docs/mnist.md)
 SCHEDULE = ["--stepsize", "5", "--gamma", "0.1", "--eval-freq", "1", "--batch-size", "128"]
 MAX_EPOCH = 8
 # The fashion group is a study of its own with a longer run of the same schedule: its
@@ -67,12 +67,12 @@ HOLDOUT = "6,7,8,9"  # four classes the open-set runs never train on
 FIG3_LAMBDAS = [0, 0.003, 0.01, 0.1, 1]
 FIG5_LAMBDAS = [0, 0.001, 0.003, 0.01, 0.03, 0.1]
 FIG5_ALPHAS = [0.01, 0.1, 0.5, 1]
-# The width of the open-set study, chosen from the dim group (log/README.md): unseen
+# The width of the open-set study, chosen from the dim group (docs/mnist.md): unseen
 # classes at 2-D stay near chance (verification ~65%), at 128-D they are told apart.
 FIG5_DIM = 128
 FIG5_LR = DIM_LR  # the rate 128-D features train at
 # The center-loss settings that the seed2 and fashion groups compare with softmax only
-# (log/README.md). BEST_2D: Figure 3's most accurate run, also the best by L2 distance.
+# (docs/mnist.md). BEST_2D: Figure 3's most accurate run, also the best by L2 distance.
 # BEST_OPEN: the paper's λ for faces; at 128-D no λ beat softmax only on unseen classes
 # (Figure 5a), and 0.003 is the paper's choice, with most of the seen-class gain.
 BEST_2D = dict(lam=1, alpha=0.5)
@@ -82,7 +82,7 @@ FASHION = "fashion-mnist"
 # Omniglot: 964 background characters to train on, 659 evaluation characters never seen
 # (the paper's setting: many identities, tested on people never seen). LeNet++ at 128-D
 # stays at chance (loss ln 964 = 6.87) for epochs with SGD at lr 0.01-0.05 and turns NaN
-# at 0.1, while Adam trains (log/README.md, "Omniglot: a schedule that trains"): the model
+# at 0.1, while Adam trains (docs/omniglot.md, "A schedule that trains"): the model
 # takes Adam at OMNIGLOT_LR, the centers their own SGD as everywhere else.
 OMNIGLOT = "omniglot"
 OMNIGLOT_CHARACTERS = 964
@@ -140,7 +140,7 @@ LFW_RECIPE = [dict(epochs=4 * LFW_MAX_EPOCH)]
 # Small K: the ~1,800 steps of the 964-class runs are hundreds of epochs of 16 K images, long
 # after the training loss is zero, where Adam at this rate is not stable (K = 30, 450 epochs:
 # diverged between epochs 270 and 300), while 15 epochs are too few (K = 30: loss 0.30, unseen
-# MAP@R 4.16% against 6.57% at epoch 30 of the long run; log/README.md, "How many training
+# MAP@R 4.16% against 6.57% at epoch 30 of the long run; docs/omniglot.md, "How many training
 # classes?"). So a K-class run takes the steps of the 964-class run, but at most
 # OMNIGLOT_MAX_SCALE times its 15 epochs.
 OMNIGLOT_MAX_SCALE = 4

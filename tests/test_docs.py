@@ -163,3 +163,90 @@ def test_readme_loop_runs_and_moves_the_centers_to_the_features():
     center = [float(s[2]) for s in steps]
     assert all(math.isfinite(float(s[1])) for s in steps)
     assert center[-1] < 0.8 * center[0], center
+
+
+# Each figure written once: README's Results table is where a headline figure is typed; the
+# readings (docs/*.md) and the index of the runs (log/README.md) point to it, and each page
+# stays short enough to read.
+SIZE_LIMITS = {"README.md": 15_360, "log/README.md": 8_192}
+DOCS_PAGE_LIMIT = 25_600
+
+
+def test_pages_stay_short():
+    sizes = {path: os.path.getsize(os.path.join(ROOT, path)) for path in SIZE_LIMITS}
+    docs = os.path.join(ROOT, "docs")
+    pages = {f"docs/{name}": os.path.getsize(os.path.join(docs, name))
+             for name in sorted(os.listdir(docs)) if name.endswith(".md")}
+    assert pages, "no docs/*.md pages"
+    limits = {**SIZE_LIMITS, **{page: DOCS_PAGE_LIMIT for page in pages}}
+    too_long = [f"{path}: {size:,} bytes, at most {limits[path]:,}"
+                for path, size in {**sizes, **pages}.items() if size > limits[path]]
+    assert not too_long, "\n".join(too_long)
+
+
+FIGURE = re.compile(r"(?<![\w.])\d+\.\d+(?!\d)")
+
+
+def results_figures(readme):
+    """The figures of README's Results table: the numbers with a decimal point in its result
+    columns (those headed 'softmax ...'; the flags and the runs are left out)."""
+    section = re.search(r"^## Results\n(.*?)(?=^## )", readme, re.MULTILINE | re.DOTALL)
+    assert section, "README.md has no '## Results' section"
+    rows = [line for line in section.group(1).splitlines() if line.startswith("|")]
+    assert len(rows) > 2, "the Results section has no table"
+    cells = lambda row: [c.strip() for c in row.strip().strip("|").split("|")]
+    columns = [i for i, name in enumerate(cells(rows[0])) if name.startswith("softmax")]
+    assert columns, "no result columns in the Results table"
+    figures = []
+    for row in rows[2:]:
+        for i in columns:
+            for figure in FIGURE.findall(cells(row)[i]):
+                if figure not in figures:
+                    figures.append(figure)
+    return figures
+
+
+def occurrences(figure, text):
+    """How often the figure is typed: 86.32, not 186.32, 86.321 or 86.32.5."""
+    return len(re.findall(r"(?<![\d.])" + re.escape(figure) + r"(?!\d|\.\d)", text))
+
+
+def test_results_figure_parser():
+    readme = ("## Results\n\n| dataset | flags | softmax only | softmax + center loss | runs |\n"
+              "|---|---|---:|---:|---|\n"
+              "| MNIST | `--lr-model 0.01`, λ 1 | 98.65% / 98.75%; MAP@R 75.16% | 99.12% | "
+              "`log/v1.2/` |\n| LFW | seed 1 | 84.32 ± 0.63%; AUC 0.921 | 86.32 ± 0.58% | |\n\n"
+              "## Next\n\n| a | 1.5 |\n")
+    assert results_figures(readme) == ["98.65", "98.75", "75.16", "99.12", "84.32", "0.63",
+                                       "0.921", "86.32", "0.58"]
+    assert occurrences("86.32", "86.32%, 186.32, 86.321, 86.32.1, (86.32)") == 2
+
+
+def hand_written_markdown():
+    """Every markdown file git tracks or would track, but README.md and the generated
+    tables.md files."""
+    return [p for p in repository_files() if p.endswith(".md") and p != "README.md"
+            and os.path.basename(p) != "tables.md"]
+
+
+@in_git
+def test_each_results_figure_is_written_once():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    figures = results_figures(readme)
+    assert len(figures) >= 20, figures
+    texts = {}
+    for path in hand_written_markdown():
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            texts[path] = f.read()
+    assert "log/README.md" in texts and any(p.startswith("docs/") for p in texts)
+    problems = []
+    for figure in figures:
+        in_readme = occurrences(figure, readme)
+        if in_readme != 1:
+            problems.append(f"{figure}: {in_readme} times in README.md, want once")
+        elsewhere = {p: n for p, t in texts.items() if (n := occurrences(figure, t))}
+        if sum(elsewhere.values()) > 1:
+            problems.append(f"{figure}: {elsewhere} in the other markdown, want at most once "
+                            "in all of it together")
+    assert not problems, "Results figures typed more than once:\n" + "\n".join(problems)
