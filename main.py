@@ -108,7 +108,13 @@ def get_parser():
                    help="weight lambda of the center loss; 0 trains softmax only")
     p.add_argument("--center-update", type=str, default="grad", choices=["grad", "paper"],
                    help="grad: gradient of the loss (popular implementation); paper: eq. 4")
+    p.add_argument("--weight-cent-warmup", type=nonneg_int, default=0, metavar="N",
+                   help="ramp lambda up linearly over the first N epochs (0: no ramp)")
     p.add_argument("--max-epoch", type=positive_int, default=100, help="epochs to train")
+    p.add_argument("--lr-schedule", type=str, default="step", choices=["step", "cosine"],
+                   help="the model's learning rate: step (x --gamma every --stepsize epochs, "
+                        "the popular script's) or cosine (from --lr-model to 0 over "
+                        "--max-epoch, per epoch)")
     p.add_argument("--stepsize", type=nonneg_int, default=20, help="lr decay period; 0: no decay")
     p.add_argument("--gamma", type=positive_float, default=0.5, help="learning rate decay")
     # model
@@ -120,12 +126,13 @@ def get_parser():
                    help="feature dimension (default 2; 512 with -d lfw, as the paper); plots "
                         "show a 2-D projection when > 2")
     p.add_argument("--head", type=str, default="softmax", choices=models.HEADS,
-                   help="the classifier and its loss: softmax (linear + cross entropy), or "
-                        "cosface (normalised, with --margin and --scale)")
-    p.add_argument("--margin", type=nonneg_float, default=0.35,
-                   help="cosface: the margin m subtracted from the target cosine")
+                   help="the classifier and its loss: softmax (linear + cross entropy), "
+                        "cosface or arcface (normalised, with --margin and --scale)")
+    p.add_argument("--margin", type=nonneg_float, default=None,
+                   help="cosface: the margin m subtracted from the target cosine (default "
+                        "0.35); arcface: added to the target angle, in radians (default 0.5)")
     p.add_argument("--scale", type=positive_float, default=64.0,
-                   help="cosface: the scale s of the cosines")
+                   help="cosface, arcface: the scale s of the cosines")
     # misc
     p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N epochs (and at the end)")
     p.add_argument("--print-freq", type=positive_int, default=50,
@@ -197,15 +204,17 @@ def forward(model, data, args):
 
 
 def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
-               data, labels, args):
+               data, labels, args, weight_cent=None):
     """One step of the popular script: softmax + lambda * center loss, the model's SGD step,
-    then the centers' gradient scaled by 1/lambda and their own SGD step.
+    then the centers' gradient scaled by 1/lambda and their own SGD step. `weight_cent`:
+    this step's lambda (default args.weight_cent; --weight-cent-warmup ramps it).
     Returns the features and [loss, xent, lambda * center loss] as floats."""
+    weight_cent = args.weight_cent if weight_cent is None else weight_cent
     features, outputs = forward(model, data, args)
     loss_xent = criterion_xent(outputs.float(), labels)  # autocast would do the same upcast
     # --weight-cent 0 is softmax only: no center loss term, and no division by 0 below.
-    if args.weight_cent > 0:
-        loss_cent = args.weight_cent * criterion_cent(features, labels)
+    if weight_cent > 0:
+        loss_cent = weight_cent * criterion_cent(features, labels)
     else:
         loss_cent = torch.zeros((), device=data.device)
     loss = loss_xent + loss_cent
@@ -218,12 +227,19 @@ def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer
     optimizer_cent.zero_grad()
     loss.backward()
     optimizer_model.step()
-    if args.weight_cent > 0:
+    if weight_cent > 0:
         # by doing so, weight_cent would not impact on the learning of centers
         for param in criterion_cent.parameters():
-            param.grad.data *= (1. / args.weight_cent)
+            param.grad.data *= (1. / weight_cent)
         optimizer_cent.step()
     return features, values
+
+
+def weight_cent_at(args, epoch):
+    """λ in epoch `epoch` (0-based): --weight-cent, ramped up linearly over the first
+    --weight-cent-warmup epochs (λ/N in the first, the full λ from the N-th on)."""
+    warmup = getattr(args, "weight_cent_warmup", 0)
+    return args.weight_cent * min(1.0, (epoch + 1) / warmup) if warmup else args.weight_cent
 
 
 def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
@@ -231,10 +247,12 @@ def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent
     model.train()
     xent_losses, cent_losses, losses = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
     all_features, all_labels = [], []
+    weight_cent = weight_cent_at(args, epoch)
     for batch_idx, (data, labels) in enumerate(trainloader):
         try:
             features, values = train_step(model, criterion_xent, criterion_cent,
-                                          optimizer_model, optimizer_cent, data, labels, args)
+                                          optimizer_model, optimizer_cent, data, labels, args,
+                                          weight_cent)
         except NonFiniteLoss as e:
             raise NonFiniteLoss(f"{e} at epoch {epoch + 1}, batch {batch_idx + 1}") from None
         n = labels.size(0)
@@ -373,6 +391,8 @@ def resolve_defaults(args, given):
         args.model = "resnet10" if lfw else "cnn"
     if args.feat_dim is None:
         args.feat_dim = 512 if lfw else 2
+    if args.margin is None:  # each paper's own margin
+        args.margin = 0.5 if args.head == "arcface" else 0.35
     shape = models.input_shape(args.model)
     if lfw != (shape[0] == 3):
         takes = "3 x 64 x 64 face crops" if lfw else "1 x 28 x 28 glyphs"
@@ -389,7 +409,7 @@ RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-
                 "center_update": "--center-update", "holdout": "--holdout-classes",
                 "train_classes": "--train-classes", "optimizer": "--optimizer",
                 "lfw_split": "--lfw-split", "lfw_min_images": "--lfw-min-images",
-                "head": "--head"}
+                "head": "--head", "lr_schedule": "--lr-schedule"}
 
 
 def given_flags(argv):
@@ -416,7 +436,7 @@ def load_resume(args, given):
         sys.exit(f"error: --resume {e}")
     # Checkpoints older than a flag hold its default.
     saved = dict({"train_classes": None, "optimizer": "sgd", "lfw_split": "view1",
-                  "lfw_min_images": 1, "head": "softmax"}, **ckpt["args"],
+                  "lfw_min_images": 1, "head": "softmax", "lr_schedule": "step"}, **ckpt["args"],
                  holdout=ckpt.get("holdout_classes", []))
     if args.evaluate:  # evaluating needs no flags repeated, only none contradicted
         for key in [*RESUME_FLAGS, "weight_cent", "seed"]:  # seed: which --train-classes
@@ -464,8 +484,8 @@ def build(args, dataset, use_gpu, device, world):
     model = model.to(device)
     if getattr(args, "channels_last", args.amp):
         model = model.to(memory_format=torch.channels_last)
-    if args.head == "cosface":
-        criterion_xent = models.CosFaceLoss(scale=args.scale, margin=args.margin)
+    if args.head != "softmax":
+        criterion_xent = models.margin_loss(args.head, args.scale, args.margin)
     else:
         criterion_xent = nn.CrossEntropyLoss()
     criterion_cent = CenterLoss(num_classes=dataset.num_classes, feat_dim=args.feat_dim,
@@ -478,9 +498,13 @@ def build(args, dataset, use_gpu, device, world):
         optimizer_model = torch.optim.SGD(model.parameters(), lr=args.lr_model,
                                           weight_decay=5e-04, momentum=0.9)
     optimizer_cent = torch.optim.SGD(criterion_cent.parameters(), lr=args.lr_cent)
-    # step_size 0 (no decay) is a StepLR that never fires, so checkpoints look the same.
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer_model, step_size=args.stepsize or 10**9,
-                                                gamma=args.gamma)
+    if args.lr_schedule == "cosine":  # the model's only: the centers keep their alpha
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer_model,
+                                                               T_max=args.max_epoch)
+    else:  # step_size 0 (no decay) is a StepLR that never fires: checkpoints look the same
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer_model,
+                                                    step_size=args.stepsize or 10**9,
+                                                    gamma=args.gamma)
     return model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent, scheduler
 
 
@@ -504,7 +528,8 @@ def state(epoch, model, criterion_cent, optimizer_model, optimizer_cent, schedul
 # Set by main() for its own use (not flags), and the flags --evaluate ignores.
 INTERNAL = ("holdout", "channels_last")
 TRAINING_ONLY = ("lr_model", "lr_cent", "max_epoch", "stepsize", "gamma", "eval_freq",
-                 "print_freq", "optimizer", "margin", "scale")
+                 "print_freq", "optimizer", "margin", "scale", "lr_schedule",
+                 "weight_cent_warmup")
 
 
 def shown_args(args):

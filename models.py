@@ -1,20 +1,22 @@
 """The networks: LeNet++ (Wen et al. 2016, Fig. 2 / Table 1 of the supplement), whose 2-D
 features the center-loss figures show, and a residual network for LFW's face crops; and
-the margin softmax that face recognition puts beside center loss today (CosFace).
+the margin softmaxes that face recognition puts beside center loss today (CosFace, ArcFace).
 
 LeNet++'s parameter names match the popular implementation's ConvNet, so its checkpoints
 load. Every network's ``forward`` returns ``(features (N, feat_dim), logits (N, C))``:
 center loss takes the features, the classification loss the logits.
 """
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvNet", "FaceResNet", "CosFace", "CosFaceLoss", "create", "MODELS", "HEADS"]
+__all__ = ["ConvNet", "FaceResNet", "CosFace", "CosFaceLoss", "ArcFaceLoss", "create", "MODELS",
+           "HEADS"]
 
-HEADS = ("softmax", "cosface")
+HEADS = ("softmax", "cosface", "arcface")
 
 
 class CosFace(nn.Module):
@@ -60,8 +62,51 @@ class CosFaceLoss(nn.Module):
         return F.cross_entropy(self.scale * (cosines - self.margin * target), labels)
 
 
+class ArcFaceLoss(nn.Module):
+    r"""Additive angular margin loss (ArcFace, Deng et al., CVPR 2019, eq. 3), on the
+    cosines of `CosFace`'s classifier:
+
+    .. math::
+        L = -\frac{1}{N}\sum_i \log \frac{e^{s\cos(\theta_{y_i} + m)}}
+            {e^{s\cos(\theta_{y_i} + m)} + \sum_{j \ne y_i} e^{s\cos\theta_j}}
+
+    Where :math:`\theta_{y_i} + m` would pass :math:`\pi` the target logit is
+    :math:`\cos\theta_{y_i} - m\sin m` instead, so that it keeps falling with the angle
+    (the paper's code and insightface's arcface_torch do the same).
+
+    Args:
+        scale: s. Default: 64, as the paper and arcface_torch.
+        margin: m, in radians, added to the target angle. Default: 0.5, the paper's.
+
+    Shape: cosines (N, C) from `CosFace`, labels (N,) int64; the loss a scalar.
+    """
+
+    def __init__(self, scale=64.0, margin=0.5):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale!r}")
+        if not 0 <= margin < math.pi / 2:
+            raise ValueError(f"margin must be in [0, pi/2), got {margin!r}")
+        self.scale, self.margin = scale, margin
+
+    def forward(self, cosines, labels):
+        cos = cosines.gather(1, labels[:, None]).clamp(-1, 1)
+        sin = (1 - cos * cos).clamp(min=0).sqrt()
+        m = self.margin
+        shifted = cos * math.cos(m) - sin * math.sin(m)  # cos(theta + m)
+        shifted = torch.where(cos > math.cos(math.pi - m), shifted, cos - m * math.sin(m))
+        logits = cosines.scatter(1, labels[:, None], shifted)
+        return F.cross_entropy(self.scale * logits, labels)
+
+
+def margin_loss(head, scale, margin):
+    """The classification loss of a margin head (CosFaceLoss or ArcFaceLoss)."""
+    return (ArcFaceLoss if head == "arcface" else CosFaceLoss)(scale=scale, margin=margin)
+
+
 def classifier(feat_dim, num_classes, head="softmax"):
-    """The last layer: a linear softmax classifier, or CosFace's cosines."""
+    """The last layer: a linear softmax classifier, or the cosines of a margin head
+    (CosFace and ArcFace share it; their losses differ)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     return nn.Linear(feat_dim, num_classes) if head == "softmax" else CosFace(feat_dim, num_classes)

@@ -110,6 +110,7 @@ CLASS_COUNTS = [10, 30, 100, 300, 964]
 # with the mirror images).
 LFW = "lfw"
 LFW_LR, LFW_MAX_EPOCH, LFW_STEPSIZE, LFW_EVAL_FREQ = 0.1, 20, 8, 2
+LFW_DIM = 512  # the paper's feature width
 LFW_LAMBDAS = [0, 0.0003, 0.001, 0.003, 0.01, 0.03]
 # People with one image: softmax classes or not (--lfw-min-images 1 or 2), measured on View 1
 # with softmax only (seed 1): 2 (1,184 classes, 6,671 images) against 1 (4,038 classes, 9,525
@@ -133,8 +134,13 @@ LFW_COSFACE_LR = 0.01
 LFW_DISTANCE = [dict(people=296), dict(people=592), dict(model="resnet18"),
                 dict(epochs=2 * LFW_MAX_EPOCH)]
 
-# The recipe's levers (View 1 only), each a change from 40 epochs of the step schedule.
+# The recipe's levers (View 1 only), each a change from 40 epochs of the step schedule:
+# its length (80), its shape (cosine), a narrower feature, a deeper network, the margin
+# heads at their rate (ArcFace: s 64, m 0.5, as arcface_torch; CosFace: s 64, m 0.35).
+LFW_RECIPE_EPOCHS = 2 * LFW_MAX_EPOCH
 LFW_RECIPE = [dict(epochs=4 * LFW_MAX_EPOCH)]
+LFW_LEVERS = [dict(schedule="cosine"), dict(head="arcface", lr=LFW_COSFACE_LR),
+              dict(head="cosface", lr=LFW_COSFACE_LR), dict(dim=128), dict(model="resnet18")]
 
 
 # Small K: the ~1,800 steps of the 964-class runs are hundreds of epochs of 16 K images, long
@@ -159,10 +165,12 @@ def omniglot_run(lam, alpha=0.5, k=OMNIGLOT_CHARACTERS, seed=1, epochs=OMNIGLOT_
 
 
 def lfw_run(lam, head="softmax", split="view1", seed=1, min_images=None, lr=LFW_LR,
-            model="resnet10", epochs=LFW_MAX_EPOCH, people=None):
+            model="resnet10", epochs=LFW_MAX_EPOCH, people=None, **levers):
+    """An LFW run's settings; `levers` (the recipe's: schedule, dim, warmup) only where
+    they differ from the study's schedule, so that older runs keep their names."""
     return dict(dataset=LFW, lam=lam, head=head, split=split, seed=seed,
                 min_images=min_images or LFW_MIN_IMAGES, lr=lr, model=model, epochs=epochs,
-                people=people)
+                people=people, **levers)
 
 
 def lfw_stepsize(epochs):
@@ -197,15 +205,18 @@ def fashion_runs(seed=1):
 
 def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
              k=None, head="softmax", split="view1", min_images=1, epochs=None,
-             model="resnet10", people=None):
+             model="resnet10", people=None, schedule="step", warmup=0):
     if dataset == LFW:
-        name = f"{LFW}-{split}" + ("-cosface" if head == "cosface" else "")
+        name = f"{LFW}-{split}" + (f"-{head}" if head != "softmax" else "")
         name += f"-lam{lam:g}" + (f"-alpha{alpha:g}" if lam else "")
         name += f"-min{min_images}" if min_images != 1 else ""
         name += f"-lr{lr:g}" if lr != LFW_LR else ""
         name += f"-{model}" if model != "resnet10" else ""
         name += f"-{epochs}epochs" if (epochs or LFW_MAX_EPOCH) != LFW_MAX_EPOCH else ""
         name += f"-people{people}" if people else ""
+        name += f"-{schedule}" if schedule != "step" else ""
+        name += f"-d{dim}" if dim not in (2, LFW_DIM) else ""  # 2: run_name's own default
+        name += f"-warmup{warmup}" if warmup else ""
         return name + (f"-seed{seed}" if seed != 1 else "")
     epochs = OMNIGLOT_MAX_EPOCH if epochs is None else epochs
     if dataset == OMNIGLOT:
@@ -221,17 +232,20 @@ def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=
 
 def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
               k=None, head="softmax", split="view1", min_images=1, epochs=None,
-              model="resnet10", people=None):
+              model="resnet10", people=None, schedule="step", warmup=0):
     if dataset == LFW:
         epochs = epochs or LFW_MAX_EPOCH
+        dim = LFW_DIM if dim == 2 else dim
+        levers = (["--lr-schedule", schedule] if schedule != "step" else []) + (
+            ["--weight-cent-warmup", str(warmup)] if warmup else [])
         return ["-d", LFW, "--lfw-split", split, "--lfw-min-images", str(min_images),
-                "--model", model, "--feat-dim", "512", "--head", head,
+                "--model", model, "--feat-dim", str(dim), "--head", head,
                 "--center-update", "paper", "--lr-cent", f"{alpha:g}", "--weight-cent",
                 f"{lam:g}", "--seed", str(seed), "--lr-model", f"{lr:g}",
                 "--batch-size", "128", "--gamma", "0.1",
                 "--stepsize", str(lfw_stepsize(epochs)),
                 "--eval-freq", str(LFW_EVAL_FREQ), "--max-epoch", str(epochs)
-                ] + (["--train-classes", str(people)] if people else [])
+                ] + (["--train-classes", str(people)] if people else []) + levers
     epochs = OMNIGLOT_MAX_EPOCH if epochs is None else epochs
     if dataset == OMNIGLOT:
         scale = omniglot_scale(k)
@@ -272,6 +286,9 @@ def groups():
         # time, each with softmax only beside it.
         "lfw-recipe": [lfw_run(lam, **change) for change in LFW_RECIPE
                        for lam in (0, LFW_BEST_LAM)],
+        "lfw-levers": ([lfw_run(lam, epochs=LFW_RECIPE_EPOCHS, **change)
+                        for change in LFW_LEVERS for lam in (0, LFW_BEST_LAM)]
+                       + [lfw_run(LFW_BEST_LAM, epochs=LFW_RECIPE_EPOCHS, warmup=5)]),
     }
 
 

@@ -27,7 +27,9 @@ def test_runs_repeat_the_committed_logs_flags():
     where = {"data_root", "save_dir", "use_cpu", "gpu", "workers"}  # the machine's, not the run's
     for name in gifs.RUNS:
         want = logged_args(name)
-        got = vars(main.get_parser().parse_args(gifs.run_flags(name)))
+        got = main.get_parser().parse_args(gifs.run_flags(name))
+        main.resolve_defaults(got, set())  # as main.main does: the model, width, margin
+        got = vars(got)
         assert {k: got[k] for k in want if k not in where} == \
                {k: v for k, v in want.items() if k not in where}, name
         assert got["plot"] and got["eval_freq"] == 1

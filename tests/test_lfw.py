@@ -3,6 +3,7 @@ tree that conftest.py writes in torchvision's layout; the threshold chosen away 
 test fold; the mirror feature; CosFace against its formula; main.py end to end. The real
 data is never needed."""
 import hashlib
+import math
 import os
 import shutil
 
@@ -309,6 +310,37 @@ def test_cosface_loss_matches_its_formula():
     assert torch.autograd.gradcheck(f, (x64, w64))
     with pytest.raises(ValueError, match="margin must be in"):
         models.CosFaceLoss(margin=-0.1)
+
+
+def test_arcface_loss_matches_its_formula():
+    """ArcFace adds m to the target's angle; past pi - m its logit is cos - m sin m."""
+    s, m = 30.0, 0.5
+    cos = torch.tensor([[0.9, 0.1, -0.2], [0.3, -0.95, 0.5], [-0.99, 0.2, 0.0]],
+                       dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0])
+    loss = models.ArcFaceLoss(scale=s, margin=m)(cos, labels)
+    brute = 0.0
+    for i in range(3):
+        c = cos[i].clone()
+        theta = torch.acos(c[labels[i]])
+        c[labels[i]] = (torch.cos(theta + m) if theta + m <= math.pi
+                        else c[labels[i]] - m * math.sin(m))
+        brute += -torch.log_softmax(s * c, 0)[labels[i]] / 3
+    assert torch.allclose(loss, brute)
+    # Rows 2 and 3 are past pi - m (cos -0.95 and -0.99 < cos(pi - 0.5) = -0.878).
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    w = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    f = lambda a, b: models.ArcFaceLoss(s, m)(  # noqa: E731
+        F.normalize(a, dim=1) @ F.normalize(b, dim=1).T, torch.tensor([0, 1, 2, 0]))
+    assert torch.autograd.gradcheck(f, (x.requires_grad_(), w.requires_grad_()))
+    assert models.ArcFaceLoss(margin=0)(cos, labels) == models.CosFaceLoss(margin=0)(cos, labels)
+    with pytest.raises(ValueError, match="margin must be in"):
+        models.ArcFaceLoss(margin=2.0)
+    # main.py: each head's own margin by default.
+    for head, margin in (("arcface", 0.5), ("cosface", 0.35), ("softmax", 0.35)):
+        args = main.get_parser().parse_args(["-d", "lfw", "--head", head])
+        main.resolve_defaults(args, set())
+        assert args.margin == margin
 
 
 def test_random_crop_flip_is_a_seeded_window_and_splits_over_ranks():

@@ -1,6 +1,7 @@
 """End-to-end runs of main.py on tiny IDX datasets written by conftest.py."""
 import csv
 import json
+import math
 import os
 import re
 import shlex
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 
 import datasets
@@ -150,6 +152,43 @@ def test_a_run_records_how_it_was_made(tmp_path, tiny_data, monkeypatch):
     assert len(again["later"]) == 1 and again["later"][0]["kind"] == "resume"
     assert again["later"][0]["command"].endswith(shlex.join(resume))
     assert again["later"][0]["outcome"] == "finished"
+
+
+def test_cosine_schedule_moves_the_models_rate_only(tmp_path, tiny_data):
+    save_dir = run_main(tmp_path, tiny_data, "--max-epoch", "3", "--lr-model", "0.1",
+                        "--lr-schedule", "cosine", "--lr-cent", "0.3")
+    lrs = [float(r["lr_model"]) for r in metrics(save_dir)]  # each epoch's rate
+    assert lrs == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
+    ckpt = checkpoint(save_dir)
+    assert ckpt["optimizer_cent"]["param_groups"][0]["lr"] == 0.3
+    # Resuming with the other schedule would load one scheduler's state into another.
+    code = exit_line("--data-root", tiny_data, "--save-dir", save_dir, *FAST, "--max-epoch", "4",
+                     "--resume", os.path.join(save_dir, "checkpoint.pth.tar"))
+    assert "--lr-schedule cosine (now step)" in code
+
+
+def test_weight_cent_warmup_ramps_lambda_not_the_centers_pace(tiny_data):
+    args = main.get_parser().parse_args(["--use-cpu", "--weight-cent", "0.4",
+                                         "--weight-cent-warmup", "4", "--center-update", "paper"])
+    assert [main.weight_cent_at(args, e) for e in range(6)] == pytest.approx(
+        [0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    args.weight_cent_warmup = 0
+    assert main.weight_cent_at(args, 0) == 0.4
+    data = datasets.create("mnist", 64, False, root=tiny_data, seed=3)
+    batch = next(iter(data.trainloader))
+    results = []
+    for lam in (0.1, 0.4):  # the same model, batch and centers; lambda differs
+        torch.manual_seed(0)
+        model = models.create("cnn", num_classes=10)
+        cent = CenterLoss(10, 2, use_gpu=False, update="paper")
+        opt_m = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        opt_c = torch.optim.SGD(cent.parameters(), lr=0.5)
+        _, values = main.train_step(model, nn.CrossEntropyLoss(), cent, opt_m, opt_c, *batch,
+                                    args, weight_cent=lam)
+        results.append((values, cent.centers.detach().clone()))
+    (v1, c1), (v4, c4) = results
+    assert v4[2] == pytest.approx(4 * v1[2], rel=1e-5)  # the logged lambda * center loss
+    assert torch.allclose(c1, c4, atol=1e-6)  # eq. 4 moves the centers at alpha whatever lambda
 
 
 def test_training_matches_popular_loop(tiny_data):
