@@ -1,4 +1,5 @@
-"""Train LeNet++ on MNIST with softmax + center loss and watch the 2-D features cluster.
+"""Train with softmax + center loss: LeNet++ on MNIST and watch the 2-D features cluster;
+LeNet++ at 128-D on Omniglot; a residual face network (softmax, CosFace or ArcFace) on LFW.
 
     python main.py --gpu 0 --plot            # as the popular implementation
     python main.py --amp --plot              # bf16 autocast: for GPUs and bf16-capable CPUs
@@ -7,7 +8,7 @@
     python main.py --holdout-classes 6,7,8,9 --plot  # open set: 4 classes never trained on
     python main.py --evaluate --resume log/checkpoint.pth.tar   # evaluate, train nothing
     python main.py -d omniglot --feat-dim 128 --optimizer adam  # 964 characters, 659 unseen
-    python main.py -d lfw --lfw-split view1 ...                 # faces: README.md's command
+    python main.py -d lfw --data-root DATA    # faces: View 1's recipe (docs/lfw.md)
 
 Same flags, defaults, training and console output as KaiyangZhou/pytorch-center-loss,
 plus checkpoints, resuming, the paper's center update, feature statistics and GIFs, and
@@ -74,15 +75,18 @@ def get_parser():
     # dataset
     dataset = p.add_argument("-d", "--dataset", type=str, default="mnist",
                              choices=datasets.NAMES, help="dataset to train and test on")
-    p.description = ("Train LeNet++ with softmax + center loss (Wen et al., ECCV 2016) on "
-                     f"{', '.join(dataset.choices)} (-d) and watch the features cluster. "
-                     "Defaults are the popular implementation's.")
+    p.description = ("Train with softmax + center loss (Wen et al., ECCV 2016) on "
+                     f"{', '.join(dataset.choices)} (-d): LeNet++ for the glyphs, a residual "
+                     "network for LFW's faces. Defaults are the popular implementation's; "
+                     "-d lfw's are View 1's face recipe (marked -d lfw below).")
     p.add_argument("-j", "--workers", default=4, type=nonneg_int,
                    help="kept for compatibility; batches come from memory")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
     p.add_argument("--data-root", type=str, default="./data",
                    help="folder holding MNIST/raw, FashionMNIST/raw or omniglot-py/ (and "
-                        "omniglot-one-shot/all_runs.zip); downloaded there if missing")
+                        "omniglot-one-shot/all_runs.zip), downloaded there if missing; or "
+                        "lfw-py/ with lfw-deepfunneled/ and LFW's six protocol files, put "
+                        "there by hand (docs/lfw.md, 'Getting LFW')")
     p.add_argument("--train-classes", type=positive_int, default=None, metavar="K",
                    help="omniglot: train on K of its 964 background characters, drawn with "
                         "--seed (none: all 964); the unseen test stays the 659 evaluation ones. "
@@ -98,25 +102,31 @@ def get_parser():
                         "classes (1: all of them; 2 was better on View 1, docs/lfw.md); the "
                         "others' images still serve the threshold pairs")
     # optimization
-    p.add_argument("--lr-model", type=nonneg_float, default=0.001, help="learning rate for model")
+    p.add_argument("--lr-model", type=nonneg_float, default=0.001,
+                   help="learning rate for model (-d lfw: 0.1)")
     p.add_argument("--optimizer", type=str, default="sgd", choices=["sgd", "adam"],
                    help="the model's optimizer: sgd (momentum 0.9, as the popular script) or "
                         "adam; both with weight decay 5e-4. The centers always take plain SGD")
     p.add_argument("--lr-cent", type=nonneg_float, default=0.5,
                    help="learning rate for center loss (the paper's alpha with --center-update paper)")
     p.add_argument("--weight-cent", type=nonneg_float, default=1,
-                   help="weight lambda of the center loss; 0 trains softmax only")
+                   help="weight lambda of the center loss; 0 trains softmax only (-d lfw: "
+                        "0.003)")
     p.add_argument("--center-update", type=str, default="grad", choices=["grad", "paper"],
-                   help="grad: gradient of the loss (popular implementation); paper: eq. 4")
+                   help="grad: gradient of the loss (popular implementation); paper: eq. 4 "
+                        "(-d lfw: paper)")
     p.add_argument("--weight-cent-warmup", type=nonneg_int, default=0, metavar="N",
                    help="ramp lambda up linearly over the first N epochs (0: no ramp)")
-    p.add_argument("--max-epoch", type=positive_int, default=100, help="epochs to train")
+    p.add_argument("--max-epoch", type=positive_int, default=100,
+                   help="epochs to train (-d lfw: 40)")
     p.add_argument("--lr-schedule", type=str, default="step", choices=["step", "cosine"],
                    help="the model's learning rate: step (x --gamma every --stepsize epochs, "
                         "the popular script's) or cosine (from --lr-model to 0 over "
                         "--max-epoch, per epoch)")
-    p.add_argument("--stepsize", type=nonneg_int, default=20, help="lr decay period; 0: no decay")
-    p.add_argument("--gamma", type=positive_float, default=0.5, help="learning rate decay")
+    p.add_argument("--stepsize", type=nonneg_int, default=20,
+                   help="lr decay period; 0: no decay (-d lfw: 16)")
+    p.add_argument("--gamma", type=positive_float, default=0.5,
+                   help="learning rate decay (-d lfw: 0.1)")
     # model
     p.add_argument("--model", type=str, default=None, choices=sorted(models.MODELS),
                    help="cnn: LeNet++, for the 28 x 28 glyphs (the default); resnet10, "
@@ -134,7 +144,8 @@ def get_parser():
     p.add_argument("--scale", type=positive_float, default=64.0,
                    help="cosface, arcface: the scale s of the cosines")
     # misc
-    p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N epochs (and at the end)")
+    p.add_argument("--eval-freq", type=int, default=10,
+                   help="evaluate every N epochs (and at the end; -d lfw: 2)")
     p.add_argument("--print-freq", type=positive_int, default=50,
                    help="print the losses every N batches")
     p.add_argument("--gpu", type=str, default="0", help="sets CUDA_VISIBLE_DEVICES")
@@ -381,12 +392,23 @@ def main(argv=None):
         utils.close_distributed()
 
 
+# `python main.py -d lfw` trains the face recipe chosen on LFW's View 1 (docs/lfw.md,
+# experiments/study.py's LFW_RECIPE_RUN): these flags, where not given, take these values
+# instead of the popular script's MNIST defaults, which are far from it (lr 0.001, λ 1).
+LFW_RECIPE = {"lr_model": 0.1, "weight_cent": 0.003, "center_update": "paper",
+              "max_epoch": 40, "stepsize": 16, "gamma": 0.1, "eval_freq": 2}
+
+
 def resolve_defaults(args, given):
     """The defaults that depend on the dataset: LeNet++ with 2-D features for the glyphs
-    (the popular script's), resnet10 with 512-D features for LFW's faces (the paper's
-    width); ValueError for a network that does not take the dataset's images, or an
-    --lfw- flag given for another dataset."""
+    (the popular script's), resnet10 with 512-D features and LFW_RECIPE for LFW's faces;
+    ValueError for a network that does not take the dataset's images, or an --lfw- flag
+    given for another dataset. `given`: the flags on the command line (given_flags)."""
     lfw = args.dataset == datasets.LFW
+    if lfw:
+        for key, value in LFW_RECIPE.items():
+            if key not in given:
+                setattr(args, key, value)
     if args.model is None:
         args.model = "resnet10" if lfw else "cnn"
     if args.feat_dim is None:

@@ -50,15 +50,18 @@ def logged_args(text):
 
 def rebuilt_command(args, folder):
     """python main.py with the flags whose logged values differ from the defaults that
-    main.py gives the run's dataset."""
+    main.py gives the run's dataset; LFW's recipe flags always spelled out, so that the
+    command keeps its meaning when the recipe (main.LFW_RECIPE) changes."""
     parser = main.get_parser()
-    defaults = parser.parse_args(["-d", args["dataset"]])
-    main.resolve_defaults(defaults, set())
-    words = ["python", "main.py"] + (["-d", args["dataset"]] if args["dataset"] != "mnist" else [])
+    dataset = args["dataset"]
+    defaults = parser.parse_args(["-d", dataset])
+    main.resolve_defaults(defaults, set(main.LFW_RECIPE))  # the defaults, no recipe
+    words = ["python", "main.py"] + (["-d", dataset] if dataset != "mnist" else [])
     for action in parser._actions:
         key = action.dest
+        spelled = dataset == "lfw" and key in main.LFW_RECIPE
         if (key in MACHINE or key == "dataset" or key not in args
-                or args[key] == getattr(defaults, key, None)):
+                or (args[key] == getattr(defaults, key, None) and not spelled)):
             continue
         flag = action.option_strings[-1]
         if action.nargs == 0:  # a switch

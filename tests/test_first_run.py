@@ -43,8 +43,13 @@ def test_help_shows_every_default_and_names_every_dataset(capsys):
         main.main(["-h"])
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--max-epoch MAX_EPOCH epochs to train (default: 100)" in text
-    assert "--lr-model LR_MODEL learning rate for model (default: 0.001)" in text
+    assert "--max-epoch MAX_EPOCH epochs to train (-d lfw: 40) (default: 100)" in text
+    assert "--lr-model LR_MODEL learning rate for model (-d lfw: 0.1) (default: 0.001)" in text
+    # Every value of -d lfw's recipe is shown beside its flag's default.
+    for key, value in main.LFW_RECIPE.items():
+        flag = "--" + key.replace("_", "-")
+        assert re.search(re.escape(flag) + r" [A-Z_{,}a-z]+ [^-]*?-d lfw: " + re.escape(
+            f"{value:g}" if isinstance(value, float) else str(value)) + r"\b", text), flag
     assert "--plot plot features every epoch, and GIFs (default: off)" in text
 
 

@@ -3,8 +3,10 @@ tree that conftest.py writes in torchvision's layout; the threshold chosen away 
 test fold; the mirror feature; CosFace against its formula; main.py end to end. The real
 data is never needed."""
 import hashlib
+import json
 import math
 import os
+import shlex
 import shutil
 
 import numpy as np
@@ -18,7 +20,7 @@ import main
 import models
 import utils
 from conftest import (LFW_DEV_TEST, LFW_DEV_TRAIN, LFW_PAIRS_DEV_TEST, LFW_PEOPLE, LFW_SINGLE,
-                      lfw_count, lfw_fold_pairs, lfw_name)
+                      ROOT, lfw_count, lfw_fold_pairs, lfw_name)
 from test_main import FAST, checkpoint, metrics
 from test_omniglot import error_line
 
@@ -439,6 +441,28 @@ def test_train_and_evaluate_lfw(tmp_path, tiny_lfw, own_sums, capsys):
                    "cosface", "--center-update", "paper", "--resume", path])
     assert exc.value.code.endswith("was made with --lfw-split fold4 (now fold5): pass the "
                                    "checkpoint's values, or leave out --resume to start a new run")
+
+
+def test_readme_face_command_trains_the_recipe(tmp_path, tiny_lfw, own_sums):
+    """README's one face command as written, its DATA and save folder put in a temporary
+    place and one epoch instead of forty: it trains View 1's recipe and records it."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        commands = [line for line in f.read().splitlines()
+                    if line.startswith("python main.py -d lfw")]
+    assert len(commands) == 1, commands
+    words = shlex.split(commands[0])[2:]
+    assert words[words.index("--data-root") + 1] == "DATA"
+    words[words.index("--data-root") + 1] = tiny_lfw
+    words[words.index("--save-dir") + 1] = save_dir = str(tmp_path / "faces")
+    main.main(words + ["--max-epoch", "1"])
+    with open(os.path.join(save_dir, "run.json")) as f:
+        record = json.load(f)
+    assert record["outcome"] == "finished"
+    ckpt = checkpoint(save_dir)
+    recipe = {key: ckpt["args"][key] for key in main.LFW_RECIPE if key != "max_epoch"}
+    assert recipe == {key: v for key, v in main.LFW_RECIPE.items() if key != "max_epoch"}
+    assert (ckpt["args"]["model"], ckpt["args"]["feat_dim"]) == ("resnet10", 512)
+    assert os.path.exists(os.path.join(save_dir, "pair_scores.json.gz"))
 
 
 def test_sharded_loaders_crop_as_one_process():

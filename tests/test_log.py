@@ -90,8 +90,9 @@ def test_runs_csv_lists_every_committed_run_with_a_command_that_repeats_its_log(
         with open(os.path.join(ROOT, r["run"], next(
                 f for f in os.listdir(os.path.join(ROOT, r["run"])) if f.startswith("log_")))) as f:
             logged = index.logged_args(f.read())
-        args = main.get_parser().parse_args(shlex.split(r["command"])[2:])
-        main.resolve_defaults(args, set())
+        argv = shlex.split(r["command"])[2:]
+        args = main.get_parser().parse_args(argv)
+        main.resolve_defaults(args, main.given_flags(argv))
         assert args.save_dir == r["run"]
         for key, value in logged.items():
             if key not in index.MACHINE and hasattr(args, key):

@@ -381,3 +381,18 @@ def test_lfw_tables_and_figure(tmp_path, monkeypatch):
     # CosFace + λ is set against CosFace alone, on the folds both have, and never meaned early
     assert "| CosFace + λ 0.003 | — | — | 1 / 1 / 0 | 2/10 | — | — | 91.00 | 92.00 | — |" in tables
     assert os.path.getsize(os.path.join(tmp_path, "lfw.png")) > 10_000
+
+
+def test_lfw_defaults_are_the_recipe_the_study_reports():
+    """`python main.py -d lfw` alone trains the study's chosen face recipe."""
+    def resolved(argv):
+        args = main.get_parser().parse_args(argv)
+        main.resolve_defaults(args, main.given_flags(argv))
+        return vars(args)
+    recipe = resolved(study.run_flags(**study.LFW_RECIPE_RUN))
+    assert resolved(["-d", "lfw"]) == recipe
+    assert recipe["weight_cent"] == study.LFW_BEST_LAM and recipe["center_update"] == "paper"
+    # MNIST keeps the popular defaults; a flag given keeps its value.
+    popular = resolved([])
+    assert (popular["lr_model"], popular["weight_cent"], popular["max_epoch"]) == (0.001, 1, 100)
+    assert resolved(["-d", "lfw", "--lr-model", "0.01"])["lr_model"] == 0.01
