@@ -3,6 +3,7 @@ tree that conftest.py writes in torchvision's layout; the threshold chosen away 
 test fold; the mirror feature; CosFace against its formula; main.py end to end. The real
 data is never needed."""
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -463,6 +464,35 @@ def test_readme_face_command_trains_the_recipe(tmp_path, tiny_lfw, own_sums):
     assert recipe == {key: v for key, v in main.LFW_RECIPE.items() if key != "max_epoch"}
     assert (ckpt["args"]["model"], ckpt["args"]["feat_dim"]) == ("resnet10", 512)
     assert os.path.exists(os.path.join(save_dir, "pair_scores.json.gz"))
+
+
+def test_test_feature_variants_from_a_checkpoint(tmp_path, tiny_lfw, own_sums, capsys):
+    """experiments/lfw_test_feature.py on a run's checkpoint: its 'sum' row is the figure
+    main.py logged; centring and whitening use the trained people's features only."""
+    spec = importlib.util.spec_from_file_location(
+        "lfw_test_feature", os.path.join(ROOT, "experiments", "lfw_test_feature.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    save_dir = str(tmp_path / "lfw-run")
+    main.main(["-d", "lfw", "--data-root", tiny_lfw, "--save-dir", save_dir, *FAST,
+               "--batch-size", "8", "--max-epoch", "1", "--feat-dim", "16"])
+    capsys.readouterr()
+    script.main_(["--data-root", tiny_lfw, os.path.join(save_dir, "checkpoint.pth.tar")])
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines()
+            if line.startswith("| lfw-run | ")]
+    assert [r[1] for r in rows] == ["none", "sum", "concat", "sum - trained people's mean",
+                                    "sum, PCA-whitened on the trained people"]
+    logged = metrics(save_dir)[-1]
+    assert rows[1][2:4] == [logged["unseen_ver_accuracy"], f"{float(logged['unseen_auc']):.4f}"]
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1., 5., 9.])
+    trained = torch.arange(10) < 6
+    centred, white = script.fitted(x, trained, "mean"), script.fitted(x, trained, "whiten")
+    assert torch.allclose(centred[trained].mean(0), torch.zeros(3), atol=1e-6)
+    cov = torch.cov(white[trained].T.double())  # unit variance on the trained people's, less eps
+    assert torch.allclose(cov, torch.diag(cov.diag()), atol=1e-5) and (cov.diag() < 1).all()
+    x[~trained] += 100  # the test people's features never move the statistics
+    assert torch.equal(script.fitted(x, trained, "mean")[trained], centred[trained])
 
 
 def test_sharded_loaders_crop_as_one_process():
