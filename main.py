@@ -20,7 +20,9 @@ import datetime
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -204,6 +206,15 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), handled as Ctrl-C: the frames drawn, the
+    GIFs written and the checkpoint kept, then exit 143 (128 + SIGTERM)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def forward(model, data, args):
     """The model on one batch; with --amp in bf16 autocast. With args.channels_last
     (set in main()) the batch goes channels_last, to match the weights' layout (set in
@@ -271,14 +282,15 @@ def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent
         xent_losses.update(values[1], n)
         cent_losses.update(values[2], n)
         if args.plot:
-            all_features.append(features.detach().float().cpu())
-            all_labels.append(labels.cpu())
+            # kept on the device: one copy to the host an epoch, not a sync every batch
+            all_features.append(features.detach().float())
+            all_labels.append(labels)
         if (batch_idx + 1) % args.print_freq == 0:
             print("Batch {}/{}\t Loss {:.6f} ({:.6f}) XentLoss {:.6f} ({:.6f}) CenterLoss {:.6f} ({:.6f})"
                   .format(batch_idx + 1, len(trainloader), losses.val, losses.avg,
                           xent_losses.val, xent_losses.avg, cent_losses.val, cent_losses.avg))
-    features = utils.gather(torch.cat(all_features)) if all_features else None
-    labels = utils.gather(torch.cat(all_labels)) if all_labels else None
+    features = utils.gather(torch.cat(all_features).cpu()) if all_features else None
+    labels = utils.gather(torch.cat(all_labels).cpu()) if all_labels else None
     return losses.avg, xent_losses.avg, cent_losses.avg, features, labels
 
 
@@ -373,6 +385,9 @@ def main(argv=None):
     # The latest checkpoint on disk and its epoch, for the Ctrl-C message.
     progress = {"saved": ckpt["epoch"] if ckpt else None, "path": args.resume}
     start, outcome = time.time(), "error"
+    # signal handlers can be set from the main thread only (main() may run in another)
+    in_main = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.signal(signal.SIGTERM, _terminated) if in_main else None
     try:
         run(args, ckpt, use_gpu, device, rank, world, progress)
         outcome = "finished"
@@ -380,11 +395,13 @@ def main(argv=None):
         outcome = "stopped: non-finite loss"
         print(f"Stopped: {e}. The last good checkpoint stays in {args.save_dir}.")
         sys.exit(1)
-    except KeyboardInterrupt:
-        outcome = "interrupted"
+    except KeyboardInterrupt as e:
+        outcome = "terminated" if isinstance(e, Terminated) else "interrupted"
         print(interrupted_message(args, argv, progress["saved"], progress["path"]))
-        sys.exit(130)  # 128 + SIGINT, as a shell reports it
+        sys.exit(143 if isinstance(e, Terminated) else 130)  # 128 + the signal, as a shell
     finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, on_sigterm)
         if rank == 0:
             utils.close_run_record(record_path, record, entry, time.time() - start, outcome)
         sys.stdout = out.console
@@ -636,29 +653,36 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
     # does the same for the centers. Checkpoints hold the plain model's weights.
     trained = utils.wrap_ddp(model, device) if world > 1 else model
 
+    # --plot's frames are drawn in a background process while the next epoch trains, and
+    # the GIFs assembled once, at the end or at an interruption (utils.Plotter).
+    plotter = utils.Plotter(PLOTS_IN_BACKGROUND) if args.plot and rank == 0 else None
     start_time = time.time()
-    for epoch in range(start_epoch, args.max_epoch):
-        print("==> Epoch {}/{}".format(epoch + 1, args.max_epoch))
-        epoch_start = time.time()
-        lr = optimizer_model.param_groups[0]["lr"]
-        losses = train(trained, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
-                       dataset.trainloader, args, epoch)
-        scheduler.step()
-        last = epoch + 1 == args.max_epoch
-        if (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0) or last:
-            print("==> Test")
-            result = test(model, dataset, args)
-        else:
-            result = None
-        if rank == 0:
-            record(args, dataset, epoch, losses, result, criterion_cent, lr,
-                   time.time() - epoch_start, fields)
-            utils.save_checkpoint(state(epoch + 1, model, criterion_cent, optimizer_model,
-                                        optimizer_cent, scheduler, dataset,
-                                        elapsed_before + time.time() - start_time, args),
-                                  checkpoint_path)
-        progress.update(saved=epoch + 1, path=checkpoint_path)
-        print(epoch_time_line(epoch, args.max_epoch, time.time() - epoch_start))
+    try:
+        for epoch in range(start_epoch, args.max_epoch):
+            print("==> Epoch {}/{}".format(epoch + 1, args.max_epoch))
+            epoch_start = time.time()
+            lr = optimizer_model.param_groups[0]["lr"]
+            losses = train(trained, criterion_xent, criterion_cent, optimizer_model,
+                           optimizer_cent, dataset.trainloader, args, epoch)
+            scheduler.step()
+            last = epoch + 1 == args.max_epoch
+            if (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0) or last:
+                print("==> Test")
+                result = test(model, dataset, args)
+            else:
+                result = None
+            if rank == 0:
+                record(args, dataset, epoch, losses, result, criterion_cent, lr,
+                       time.time() - epoch_start, fields, plotter)
+                utils.save_checkpoint(state(epoch + 1, model, criterion_cent, optimizer_model,
+                                            optimizer_cent, scheduler, dataset,
+                                            elapsed_before + time.time() - start_time, args),
+                                      checkpoint_path)
+            progress.update(saved=epoch + 1, path=checkpoint_path)
+            print(epoch_time_line(epoch, args.max_epoch, time.time() - epoch_start))
+    finally:
+        if plotter is not None:  # every frame drawn and both GIFs written, whatever happened
+            plotter.close()
 
     if world > 1:  # a cheap end-of-run proof that DDP and the centers' sync held
         same = utils.ranks_identical(model, criterion_cent)
@@ -705,16 +729,17 @@ def outputs_line(args, epoch):
     return line
 
 
-def record(args, dataset, epoch, losses, result, criterion_cent, lr, epoch_time, fields):
+def record(args, dataset, epoch, losses, result, criterion_cent, lr, epoch_time, fields,
+           plotter=None):
     """Rank 0's per-epoch output: the evaluation's report, metrics.csv and curves.png,
     and with --plot the training features' frame and GIF."""
     loss, xent, cent, train_features, train_labels = losses
     if args.plot:
         plot_epoch(args, dataset, epoch, "train", train_features, train_labels, None,
-                   criterion_cent)
+                   criterion_cent, plotter)
     if result is None:
         return
-    row = report(args, dataset, epoch, result, criterion_cent)
+    row = report(args, dataset, epoch, result, criterion_cent, plotter)
     row.update(epoch=epoch + 1, loss=f"{loss:.6f}", xent_loss=f"{xent:.6f}",
                center_loss=f"{cent:.6f}", lr_model=lr, epoch_time_s=f"{epoch_time:.1f}")
     metrics_path = os.path.join(args.save_dir, "metrics.csv")
@@ -722,7 +747,7 @@ def record(args, dataset, epoch, losses, result, criterion_cent, lr, epoch_time,
     utils.plot_curves(metrics_path, os.path.join(args.save_dir, "curves.png"))
 
 
-def report(args, dataset, epoch, result, criterion_cent):
+def report(args, dataset, epoch, result, criterion_cent, plotter=None):
     """Print one evaluation (accuracy, feature statistics, retrieval and verification of
     the seen and the held-out classes), save the test features and roc.png, and plot the
     test features with --plot. Returns the metrics.csv columns it measured."""
@@ -751,7 +776,7 @@ def report(args, dataset, epoch, result, criterion_cent):
                 "epoch": epoch + 1, "accuracy": acc, "files": dataset.files},
                os.path.join(args.save_dir, "test_features.pt"))
     if args.plot:
-        plot_epoch(args, dataset, epoch, "test", features, labels, acc, criterion_cent)
+        plot_epoch(args, dataset, epoch, "test", features, labels, acc, criterion_cent, plotter)
     return row
 
 
@@ -806,7 +831,15 @@ def report_lfw(args, dataset, epoch, result, criterion_cent):
     return row
 
 
-def plot_epoch(args, dataset, epoch, split, features, labels, acc, criterion_cent):
+# Whether --plot draws in a background process (utils.Plotter); False draws each frame in
+# the training process, as before, with the same bytes (a test compares the two).
+PLOTS_IN_BACKGROUND = True
+
+
+def plot_epoch(args, dataset, epoch, split, features, labels, acc, criterion_cent,
+               plotter=None):
+    """The epoch's frame of `split` (train/test) through `plotter`, or with --evaluate one
+    picture beside the checkpoint, drawn at once (no plotter)."""
     if split == "train":
         # Gathered batch by batch while the weights moved: no test figure belongs here.
         title = "{} training features, epoch {} (collected while training)".format(
@@ -815,17 +848,19 @@ def plot_epoch(args, dataset, epoch, split, features, labels, acc, criterion_cen
         title = "{} test features, epoch {}".format(args.dataset, epoch + 1)
         if acc is not None:
             title += ", test accuracy {:.2f}%".format(acc)
-    # The centers mean something only when center loss trains them.
-    centers = criterion_cent.centers if args.weight_cent > 0 else None
+    # The centers mean something only when center loss trains them. A copy: the drawing
+    # process reads the tensor after the next steps have moved the live centers.
+    centers = (criterion_cent.centers.detach().float().cpu().clone() if args.weight_cent > 0
+               else None)
     frames = os.path.join(args.save_dir, split)
     if args.evaluate:  # one picture beside the run's outputs, no frame of its GIF
         path = os.path.join(args.save_dir, "evaluate_{}_epoch_{}.png".format(split, epoch + 1))
-    else:
-        path = os.path.join(frames, "epoch_{}.png".format(epoch + 1))
-    utils.plot_features(features, labels, dataset.classes, path, title, dataset.num_classes,
-                        centers)
-    if not args.evaluate:
-        utils.make_gif(frames, os.path.join(args.save_dir, split + ".gif"))
+        utils.plot_features(features, labels, dataset.classes, path, title,
+                            dataset.num_classes, centers)
+        return
+    path = os.path.join(frames, "epoch_{}.png".format(epoch + 1))
+    plotter.frame(frames, os.path.join(args.save_dir, split + ".gif"), features, labels,
+                  dataset.classes, path, title, dataset.num_classes, centers)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from evaluation import ALL_PAIRS_FARS, all_pairs_field
 __all__ = ["init_distributed", "close_distributed", "backend", "wrap_ddp", "gather",
            "all_average", "ranks_identical", "run_record", "describe_run", "open_run_record",
            "close_run_record", "Logger", "AverageMeter", "project_2d", "plot_features",
-           "make_gif", "plot_curves", "save_checkpoint", "load_checkpoint", "plot_roc",
+           "make_gif", "Plotter", "plot_curves", "save_checkpoint", "load_checkpoint", "plot_roc",
            "save_pair_scores", "load_pair_scores", "CHECKPOINT_KEYS", "METRICS_FIELDS",
            "UNSEEN_FIELDS", "ONE_SHOT_FIELDS", "metrics_fields", "append_metrics",
            "read_metrics", "truncate_metrics"]
@@ -277,9 +277,102 @@ def plot_features(features, labels, classes, path, title, num_seen=None, centers
     return fig
 
 
+class Plotter:
+    """Draws --plot's frames off the training path: one background process takes each
+    frame's features and draws it with plot_features while the next epoch trains, and the
+    GIFs are assembled once, by close(), from every frame on disk (rebuilding them each epoch
+    made the run quadratic in its epochs). Frames and GIFs are the bytes the same calls
+    give in the training process (background=False does exactly that).
+
+    At most `pending` frames wait in the queue (each holds one split's features of one
+    epoch): a training process that outruns the drawing waits for it. close() draws what
+    waits, assembles the GIFs and ends the process; it is what an interrupted run calls
+    too. The drawing process ignores SIGINT, so Ctrl-C reaches the trainer alone, and
+    stops by itself if the trainer dies.
+    """
+
+    def __init__(self, background=True, pending=2):
+        self.gifs = {}  # GIF path: its frames' folder, assembled by close()
+        self.process = None
+        if background:
+            import multiprocessing
+            # spawn, not fork: a forked child of a process that ran OpenMP kernels can hang
+            context = multiprocessing.get_context("spawn")
+            self.jobs, self.errors = context.Queue(maxsize=pending), context.Queue()
+            self.process = context.Process(target=_draw_frames, args=(self.jobs, self.errors),
+                                           daemon=True, name="center-loss-plots")
+            self.process.start()
+
+    def frame(self, frames_dir, gif_path, *plot_args):
+        """Draw plot_features(*plot_args) (its path a frame in frames_dir) and put the
+        frame into gif_path at close()."""
+        self.gifs[gif_path] = frames_dir
+        if self.process is None:
+            plot_features(*plot_args)
+            return
+        if not self._put(plot_args):
+            raise RuntimeError("the --plot drawing process ended")
+
+    def close(self):
+        """Draw every frame still waiting, assemble the GIFs, end the drawing process."""
+        if self.process is not None:
+            process, self.process = self.process, None
+            self._put(None, process)  # an ended process has nothing left to draw
+            process.join()
+            self._check()
+        for gif_path, frames_dir in self.gifs.items():
+            make_gif(frames_dir, gif_path)
+
+    def _put(self, job, process=None):
+        """Queue a job, waiting while `pending` wait (a drawing error raised); False when
+        the drawing process has ended."""
+        import queue
+        process = process or self.process
+        while True:
+            self._check()
+            if not process.is_alive():
+                return False
+            try:
+                self.jobs.put(job, timeout=1)
+                return True
+            except queue.Full:
+                pass
+
+    def _check(self):
+        import queue
+        try:
+            error = self.errors.get_nowait()
+        except queue.Empty:
+            return
+        raise RuntimeError(f"drawing a --plot frame failed: {error}")
+
+
+def _draw_frames(jobs, errors):
+    """The drawing process: plot_features for each job until None (or the trainer is gone)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    parent = os.getppid()
+    while True:
+        try:
+            job = jobs.get(timeout=5)
+        except Exception:  # queue.Empty: nothing yet; give up if the trainer died
+            if os.getppid() != parent:
+                return
+            continue
+        if job is None:
+            return
+        try:
+            plot_features(*job)
+        except Exception as e:  # reported to the trainer, which stops
+            errors.put(f"{type(e).__name__}: {e}")
+            return
+
+
 def make_gif(frames_dir, path, duration_ms=400):
     """Assemble frames_dir/epoch_N.png, in epoch order, into an endlessly looping GIF."""
     from PIL import Image
+    if not os.path.isdir(frames_dir):  # no frame was drawn (a failed one reported already)
+        return
     names = [f for f in os.listdir(frames_dir) if re.fullmatch(r"epoch_\d+\.png", f)]
     names.sort(key=lambda f: int(f[6:-4]))
     if not names:

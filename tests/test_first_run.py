@@ -123,6 +123,8 @@ def plotted_run(tmp_path_factory, micro_data):
         mp.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
         mp.setattr(torch.cuda, "is_available", lambda: False)
         mp.setattr(utils, "plot_features", lambda *a, **k: titles.append(a[4]) or plot(*a, **k))
+        # drawn here, where the titles are caught (test_plots: the same bytes as drawn apart)
+        mp.setattr(main, "PLOTS_IN_BACKGROUND", False)
         main.main(["--data-root", micro_data, "--save-dir", save_dir, "--batch-size", "32",
                    "--eval-freq", "1", "--max-epoch", "2", "--plot"])
     return save_dir, read(os.path.join(save_dir, "log_mnist.txt")).splitlines(), titles

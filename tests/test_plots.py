@@ -1,10 +1,17 @@
 """Pictures that do not distort: feature scatters with one scale on both axes,
-whole epochs on the curves' x axes."""
+whole epochs on the curves' x axes; --plot's frames drawn off the training path, the same
+bytes, and none lost when a run is stopped."""
+import json
 import os
+import signal
+import subprocess
 import sys
 
+import pytest
 import torch
+from PIL import Image
 
+import main
 import utils
 from conftest import ROOT
 
@@ -82,3 +89,90 @@ def test_legend_names_the_centers_when_they_are_drawn(tmp_path):
     fig = utils.plot_features(features, torch.arange(200) % 30, [str(d) for d in range(30)],
                               str(tmp_path / "many.png"), "many", centers=torch.zeros(30, 2))
     assert legend_labels(fig) == ["class centers"]
+
+
+# ------------------------------------------------------------- drawing off the training path
+
+def frames_and_gifs(save_dir):
+    """{relative path: bytes} of a --plot run's frames and GIFs."""
+    out = {}
+    for split in ("train", "test"):
+        for name in sorted(os.listdir(os.path.join(save_dir, split))):
+            with open(os.path.join(save_dir, split, name), "rb") as f:
+                out[f"{split}/{name}"] = f.read()
+        with open(os.path.join(save_dir, f"{split}.gif"), "rb") as f:
+            out[f"{split}.gif"] = f.read()
+    return out
+
+
+def test_background_drawing_gives_the_same_frames_and_gifs(tmp_path, micro_data, monkeypatch):
+    flags = ["--data-root", micro_data, "--use-cpu", "--batch-size", "16", "--eval-freq", "1",
+             "--max-epoch", "3", "--plot"]
+    main.main(flags + ["--save-dir", str(tmp_path / "background")])
+    monkeypatch.setattr(main, "PLOTS_IN_BACKGROUND", False)
+    main.main(flags + ["--save-dir", str(tmp_path / "inline")])
+    background, inline = (frames_and_gifs(tmp_path / d) for d in ("background", "inline"))
+    assert sorted(background) == sorted(inline) and len(background) == 8  # 2 x 3 frames, 2 GIFs
+    assert background == inline
+    with Image.open(tmp_path / "background" / "test.gif") as gif:
+        assert gif.n_frames == 3
+
+
+def test_a_failed_frame_stops_the_run_with_its_reason(tmp_path):
+    plotter = utils.Plotter()
+    features, labels = torch.randn(10, 2), torch.arange(10) % 2
+    # A frame whose folder cannot be made: a file stands where it should be.
+    (tmp_path / "blocked").write_text("not a folder")
+    with pytest.raises(RuntimeError, match="drawing a --plot frame failed: "):
+        plotter.frame(str(tmp_path / "blocked"), str(tmp_path / "x.gif"), features, labels,
+                      ["a", "b"], str(tmp_path / "blocked" / "epoch_1.png"), "t")
+        for _ in range(20):  # the error is reported on a later frame, or at close
+            plotter.frame(str(tmp_path / "f"), str(tmp_path / "y.gif"), features, labels,
+                          ["a", "b"], str(tmp_path / "f" / "epoch_1.png"), "t")
+        plotter.close()
+    process = plotter.process
+    plotter.close()  # as main.run's finally does: returns, and the drawing process is gone
+    assert plotter.process is None and not process.is_alive()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_run_keeps_every_finished_epochs_frame(tmp_path, micro_data, sig, code):
+    """Ctrl-C or SIGTERM in epoch 2: epoch 1's frames and both GIFs are written, the
+    checkpoint resumes, and no drawing process outlives the run."""
+    save_dir = str(tmp_path / "run")
+    marker = f"plots-test-{os.getpid()}-{sig}"
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "main.py"), "--data-root",
+                             micro_data, "--use-cpu", "--batch-size", "16", "--print-freq", "1",
+                             "--eval-freq", "1", "--max-epoch", "3", "--plot", "--save-dir",
+                             save_dir], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, "PLOTS_TEST": marker})
+    seen_epoch2 = False
+    for line in proc.stdout:
+        seen_epoch2 |= line.startswith("==> Epoch 2/3")
+        if seen_epoch2 and line.startswith("Batch 2/4"):
+            proc.send_signal(sig)
+            break
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert "Interrupted. The checkpoint of epoch 1 is in" in rest
+    for split in ("train", "test"):
+        assert os.listdir(os.path.join(save_dir, split)) == ["epoch_1.png"]
+        with Image.open(os.path.join(save_dir, f"{split}.gif")) as gif:
+            assert gif.n_frames == 1
+    with open(os.path.join(save_dir, "run.json")) as f:
+        assert json.load(f)["outcome"] == ("interrupted" if sig == signal.SIGINT else "terminated")
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker.encode() in f.read():
+                    left.append(pid)
+        except OSError:
+            pass
+    assert not left, f"processes left behind: {left}"
+    main.main(["--data-root", micro_data, "--use-cpu", "--batch-size", "16", "--eval-freq", "1",
+               "--max-epoch", "3", "--plot", "--save-dir", save_dir,
+               "--resume", os.path.join(save_dir, "checkpoint.pth.tar")])
+    with Image.open(os.path.join(save_dir, "test.gif")) as gif:
+        assert gif.n_frames == 3
