@@ -96,6 +96,8 @@ def run_record(argv, use_gpu, device, world, amp):
     script = "main.py"
     if argv is None:
         script, argv = sys.argv[0], sys.argv[1:]
+        if os.path.isabs(script) and not os.path.relpath(script).startswith(".."):
+            script = os.path.relpath(script)  # e.g. a runner's absolute path to main.py
     words = ["python", script]
     if world > 1:  # torchrun's own flags are not visible here: the process counts are
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -136,7 +138,8 @@ def _device_name(use_gpu, device):
                           if line.startswith("model name")), model)
     except OSError:
         pass
-    return f"CPU: {model}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU: {model}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def describe_run(entry):

@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -96,7 +97,10 @@ def row(folder):
     if os.path.exists(record):
         with open(record) as f:
             r = json.load(f)
-        return dict(run=folder, command=r["command"], device=r["device"],
+        words = shlex.split(r["command"])
+        if r["cwd"] == "." and os.path.isabs(words[1]) and words[1].endswith("/main.py"):
+            words[1] = "main.py"  # a runner's absolute path to its checkout's main.py
+        return dict(run=folder, command=shlex.join(words), device=r["device"],
                     precision=r["precision"], torch=r["torch"], commit=r["commit"] or "",
                     date=r["start"][:10], source="run.json")
     log_name = next(f for f in sorted(os.listdir(path)) if f.startswith("log_"))

@@ -130,8 +130,9 @@ def test_a_run_records_how_it_was_made(tmp_path, tiny_data, monkeypatch):
     assert record["cwd"] == "." and record["kind"] == "train"
     assert record["torch"] == torch.__version__
     assert record["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+    threads = torch.get_num_threads()
     assert record["device"].startswith("CPU: ") and record["device"].endswith(
-        f", {torch.get_num_threads()} threads")
+        f", {threads} thread" + ("s" if threads > 1 else ""))
     assert record["processes"] == 1 and record["precision"] == "fp32"
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
                           text=True)
