@@ -18,6 +18,11 @@ measures features the way that field does, for any (N, D) features and (N,) labe
   never on the pairs tested; ``standard_error`` for the mean over LFW's 10 folds.
 * **One-shot classification** (``one_shot_error``): Lake et al.'s Omniglot task
   (Science 2015), each query given the class of its nearest support image.
+* **Protocol reports** (``measure``, ``measure_lfw``, ``measure_one_shot``, ``report_seen``):
+  what main.py prints after each evaluation and writes to metrics.csv, by each dataset's
+  protocol (``NUM_PAIRS`` sampled pairs; LFW's own pairs, its test feature ``MIRROR``);
+  ``pair_scores_record`` / ``pair_scores_figures``: an LFW run's test pairs kept as scores
+  and the figures recomputed from them.
 
     >>> import torch
     >>> from evaluation import retrieval_metrics, verification_pairs, verification_metrics
