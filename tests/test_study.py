@@ -9,6 +9,7 @@ import torch
 
 import evaluation
 import main
+import utils
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "experiments", "study.py"))
@@ -349,9 +350,10 @@ def test_lfw_tables_and_figure(tmp_path, monkeypatch):
 
     def write_lfw_run(s, ver, finished=True):
         name = study.run_name(**s)
-        run_dir = write_run(tmp_path, name, [90.0] * study.LFW_MAX_EPOCH,
+        run_dir = write_run(tmp_path, name, [90.0] * s["epochs"],
                             dict(figures, unseen_ver_accuracy=ver), finished)
         os.rename(os.path.join(run_dir, "log_mnist.txt"), os.path.join(run_dir, "log_lfw.txt"))
+        return run_dir
     write_lfw_run(study.lfw_run(0), "85.10")
     write_lfw_run(study.lfw_run(0.003), "86.30")
     write_lfw_run(study.lfw_run(0.01), "99.00", finished=False)  # never quoted
@@ -362,10 +364,20 @@ def test_lfw_tables_and_figure(tmp_path, monkeypatch):
         cosface = dict(head="cosface", lr=study.LFW_COSFACE_LR, split=f"fold{k}")
         write_lfw_run(study.lfw_run(0, **cosface), alone)
         write_lfw_run(study.lfw_run(0.003, **cosface), both)
+    # A lever of the recipe, with its pair scores: 2 of 4 pairs right at its threshold 0.25,
+    # 3 of 4 at the best threshold read off them (the oracle column).
+    arcface = study.lfw_run(0.003, head="arcface", lr=study.LFW_COSFACE_LR,
+                            epochs=study.LFW_RECIPE_EPOCHS)
+    utils.save_pair_scores({"split": "view1", "threshold": 0.25, "pairs": [
+        ["a_0001", "a_0002", 1, 0.9], ["b_0001", "c_0001", 0, 0.1], ["d_0001", "d_0002", 1, 0.2],
+        ["e_0001", "f_0001", 0, 0.3]]}, os.path.join(write_lfw_run(arcface, "50.00"),
+                                                      "pair_scores.json.gz"))
     study.report(study.argparse.Namespace(runs_dir=str(tmp_path), out_dir=str(tmp_path)))
     with open(os.path.join(tmp_path, "tables.md")) as f:
         tables = f.read()
     row = "| 0.9300 | 30.00 | 25.00 | 10.00 | 20.00 | 0.250 | 90.00 | 0.00 |"  # AUC flat
+    assert "| ArcFace, lr 0.01: λ 0.003 | 50.00 " + row + " 75.00 |" in tables
+    assert "| cosine schedule: softmax only | — |" in tables
     assert "| softmax only | 85.10 " + row in tables
     assert "| softmax + λ 0.003, α 0.5 | 86.30 " + row in tables
     assert "| softmax + λ 0.01, α 0.5 | — |" in tables
