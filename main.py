@@ -376,9 +376,9 @@ def main(argv=None):
     sys.stdout = out
     # run.json beside the log: how this run was made (command, versions, device, commit),
     # said in words on the log's first lines; a resume or an --evaluate adds its own entry.
-    entry = utils.run_record(argv, use_gpu, device, world, args.amp)
     record_path = os.path.join(args.save_dir, "run.json")
     if rank == 0:
+        entry = utils.run_record(argv, use_gpu, device, world, args.amp)
         print(utils.describe_run(entry))
         kind = "evaluate" if args.evaluate else "resume" if args.resume else "train"
         record, entry = utils.open_run_record(record_path, entry, kind)
