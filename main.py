@@ -230,7 +230,7 @@ def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer
     """One step of the popular script: softmax + lambda * center loss, the model's SGD step,
     then the centers' gradient scaled by 1/lambda and their own SGD step. `weight_cent`:
     this step's lambda (default args.weight_cent; --weight-cent-warmup ramps it).
-    Returns the features and [loss, xent, lambda * center loss] as floats."""
+    Returns the features and [loss, xent, lambda * center loss], a tensor on the device."""
     weight_cent = args.weight_cent if weight_cent is None else weight_cent
     features, outputs = forward(model, data, args)
     loss_xent = criterion_xent(outputs.float(), labels)  # autocast would do the same upcast
@@ -240,11 +240,6 @@ def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer
     else:
         loss_cent = torch.zeros((), device=data.device)
     loss = loss_xent + loss_cent
-    # Under torchrun: the global batch's mean, so every rank sees the same values.
-    values = utils.all_average(torch.stack([loss, loss_xent, loss_cent]).detach())
-    values = values.tolist()  # one sync per batch
-    if not math.isfinite(values[0]):
-        raise NonFiniteLoss(f"loss is {values[0]}")  # before the step spoils the weights
     optimizer_model.zero_grad()
     optimizer_cent.zero_grad()
     loss.backward()
@@ -254,6 +249,9 @@ def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer
         for param in criterion_cent.parameters():
             param.grad.data *= (1. / weight_cent)
         optimizer_cent.step()
+    # Under torchrun: the global batch's mean, so every rank sees the same values. Left on
+    # the device: reading them would make the host wait for the GPU every batch.
+    values = utils.all_average(torch.stack([loss, loss_xent, loss_cent]).detach())
     return features, values
 
 
@@ -267,31 +265,42 @@ def weight_cent_at(args, epoch):
 def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent,
           trainloader, args, epoch):
     model.train()
-    xent_losses, cent_losses, losses = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
-    all_features, all_labels = [], []
     weight_cent = weight_cent_at(args, epoch)
+    meters = utils.LossMeters()
+    all_features, all_labels = [], []
     for batch_idx, (data, labels) in enumerate(trainloader):
-        try:
-            features, values = train_step(model, criterion_xent, criterion_cent,
-                                          optimizer_model, optimizer_cent, data, labels, args,
-                                          weight_cent)
-        except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"{e} at epoch {epoch + 1}, batch {batch_idx + 1}") from None
-        n = labels.size(0)
-        losses.update(values[0], n)
-        xent_losses.update(values[1], n)
-        cent_losses.update(values[2], n)
+        features, values = train_step(model, criterion_xent, criterion_cent, optimizer_model,
+                                      optimizer_cent, data, labels, args, weight_cent)
+        meters.update(values, labels.size(0), batch_idx)
         if args.plot:
             # kept on the device: one copy to the host an epoch, not a sync every batch
             all_features.append(features.detach().float())
             all_labels.append(labels)
-        if (batch_idx + 1) % args.print_freq == 0:
+        if (batch_idx + 1) % args.print_freq == 0:  # the one host sync: what the console shows
+            (loss, xent, cent), (loss_avg, xent_avg, cent_avg) = read(meters, epoch)
             print("Batch {}/{}\t Loss {:.6f} ({:.6f}) XentLoss {:.6f} ({:.6f}) CenterLoss {:.6f} ({:.6f})"
-                  .format(batch_idx + 1, len(trainloader), losses.val, losses.avg,
-                          xent_losses.val, xent_losses.avg, cent_losses.val, cent_losses.avg))
-    features = utils.gather(torch.cat(all_features).cpu()) if all_features else None
-    labels = utils.gather(torch.cat(all_labels).cpu()) if all_labels else None
-    return losses.avg, xent_losses.avg, cent_losses.avg, features, labels
+                  .format(batch_idx + 1, len(trainloader), loss, loss_avg,
+                          xent, xent_avg, cent, cent_avg))
+    averages = read(meters, epoch)[1]
+    features, labels = gather_features(all_features, all_labels)
+    return (*averages, features, labels)
+
+
+def read(meters, epoch):
+    """The meters' values and averages; stops the run at a non-finite loss. The weights
+    took that step, but the last checkpoint, from the epoch before, is untouched."""
+    last, averages, bad = meters.read()
+    if bad is not None:
+        raise NonFiniteLoss(f"loss is {bad[1]} at epoch {epoch + 1}, batch {bad[0] + 1}")
+    return last, averages
+
+
+def gather_features(all_features, all_labels):
+    """An epoch's training features and labels for --plot, from every rank, on the host
+    (None, None without --plot): one copy from the device an epoch."""
+    if not all_features:
+        return None, None
+    return utils.gather(torch.cat(all_features).cpu()), utils.gather(torch.cat(all_labels).cpu())
 
 
 @torch.no_grad()
@@ -304,14 +313,15 @@ def test(model, dataset, args):
     all_features, all_labels, all_correct = [], [], []
     for data, labels in dataset.testloader:
         features, outputs = forward(model, data, args)
-        all_correct.append((outputs.argmax(1) == labels).cpu())
+        all_correct.append(outputs.argmax(1) == labels)
         features = features.float()
         if dataset.lfw is not None:  # faces: with the mirror image's feature (docs/lfw.md)
             mirrored = forward(model, data.flip(3), args)[0].float()
             features = evaluation.combine_mirror(features, mirrored)
-        all_features.append(features.cpu())
-        all_labels.append(labels.cpu())
-    features, labels, correct = (utils.gather(torch.cat(t))
+        all_features.append(features)
+        all_labels.append(labels)
+    # one copy to the host for the whole test set, not one (and a wait) a batch
+    features, labels, correct = (utils.gather(torch.cat(t).cpu())
                                  for t in (all_features, all_labels, all_correct))
     correct = correct[labels < dataset.num_classes]
     acc = round(correct.sum().item() * 100. / len(correct), 2)

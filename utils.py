@@ -19,7 +19,7 @@ from evaluation import ALL_PAIRS_FARS, all_pairs_field
 
 __all__ = ["init_distributed", "close_distributed", "backend", "wrap_ddp", "gather",
            "all_average", "ranks_identical", "run_record", "describe_run", "open_run_record",
-           "close_run_record", "Logger", "AverageMeter", "project_2d", "plot_features",
+           "close_run_record", "Logger", "AverageMeter", "LossMeters", "project_2d", "plot_features",
            "make_gif", "Plotter", "plot_curves", "save_checkpoint", "load_checkpoint", "plot_roc",
            "save_pair_scores", "load_pair_scores", "CHECKPOINT_KEYS", "METRICS_FIELDS",
            "UNSEEN_FIELDS", "ONE_SHOT_FIELDS", "metrics_fields", "append_metrics",
@@ -220,6 +220,36 @@ class AverageMeter:
         self.sum += val * n
         self.count += n
         self.avg = self.sum / self.count
+
+
+class LossMeters:
+    """An epoch's [loss, xent, lambda * center loss]: the last batch's and the running
+    averages weighted by batch size (AverageMeter's arithmetic, in float64), and the first
+    batch whose loss is not finite. Kept on the device: read() makes the host wait for the
+    GPU, so the training loop reads them only where the console prints and at its end."""
+
+    def __init__(self):
+        self.sums = self.last = self.bad_batch = self.bad_value = None
+        self.count = 0
+
+    def update(self, values, n, batch_idx):
+        if self.sums is None:
+            self.sums = torch.zeros(3, dtype=torch.float64, device=values.device)
+            self.bad_batch = torch.full((), -1, device=values.device)
+            self.bad_value = torch.zeros((), device=values.device)
+        self.last = values
+        self.sums += values.double() * n
+        self.count += n
+        new = ~torch.isfinite(values[0]) & (self.bad_batch < 0)
+        self.bad_batch = torch.where(new, batch_idx, self.bad_batch)
+        self.bad_value = torch.where(new, values[0], self.bad_value)
+
+    def read(self):
+        """(last values, averages, None) as floats, or with (batch index, loss) of the
+        first non-finite loss as the third."""
+        bad = int(self.bad_batch)
+        return (self.last.tolist(), (self.sums / self.count).tolist(),
+                (bad, self.bad_value.item()) if bad >= 0 else None)
 
 
 def project_2d(features):

@@ -79,7 +79,7 @@ def run_epoch(loader, amp):
         features, values = main.train_step(model, xent, cent, opt_m, opt_c, data, labels, args)
         t2 = time.perf_counter()
         data_t, step_t, n = data_t + t1 - t0, step_t + t2 - t1, n + len(labels)
-        for meter, v in zip(meters, values):
+        for meter, v in zip(meters, values.tolist()):
             meter.update(v, len(labels))
         print("Batch {}\t Loss {:.6f} ({:.6f})".format(n, meters[0].val, meters[0].avg), file=devnull)
     total = time.perf_counter() - start

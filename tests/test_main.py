@@ -186,7 +186,7 @@ def test_weight_cent_warmup_ramps_lambda_not_the_centers_pace(tiny_data):
         opt_c = torch.optim.SGD(cent.parameters(), lr=0.5)
         _, values = main.train_step(model, nn.CrossEntropyLoss(), cent, opt_m, opt_c, *batch,
                                     args, weight_cent=lam)
-        results.append((values, cent.centers.detach().clone()))
+        results.append((values.tolist(), cent.centers.detach().clone()))
     (v1, c1), (v4, c4) = results
     assert v4[2] == pytest.approx(4 * v1[2], rel=1e-5)  # the logged lambda * center loss
     assert torch.allclose(c1, c4, atol=1e-6)  # eq. 4 moves the centers at alpha whatever lambda

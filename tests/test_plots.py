@@ -176,3 +176,24 @@ def test_a_stopped_run_keeps_every_finished_epochs_frame(tmp_path, micro_data, s
                "--resume", os.path.join(save_dir, "checkpoint.pth.tar")])
     with Image.open(os.path.join(save_dir, "test.gif")) as gif:
         assert gif.n_frames == 3
+
+
+def test_epoch_breakdown_benchmark_runs(tiny_data):
+    """benchmarks/bench_epoch.py wraps main.py's phases by name: it must keep running, and
+    its phases must add up to each side's epoch."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_epoch.py"),
+                           "--data-root", tiny_data, "--epochs", "2", "--workers", "0",
+                           "--train-images", "256", "--test-images", "128"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[1].replace(".", "").isdigit():
+            rows[cells[0]] = (float(cells[1]), float(cells[2]))
+    phases = [k for k in rows if k != "epoch"]
+    assert len(phases) == 8 and rows["epoch"][1] > 0
+    for side in (0, 1):
+        assert sum(rows[k][side] for k in phases) == pytest.approx(rows["epoch"][side], abs=0.01)
+    assert rows["steps"][1] > 0 and rows["checkpoint"][1] > 0
+    assert "plots at the end (last frames, both GIFs)" in done.stdout
