@@ -13,6 +13,7 @@ import io
 import math
 import multiprocessing
 import os
+import random
 import re
 import zipfile
 
@@ -242,7 +243,7 @@ def _check_idx_files(folder):
 
 def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
            rank=0, world_size=1, device=None, holdout=(), train_classes=None,
-           lfw_split="view1", lfw_min_images=1):
+           lfw_split="view1", lfw_min_images=1, lfw_threshold_people=0):
     """Load dataset `name` (one of DATASETS) with torchvision, downloading it to `root`
     when missing. `num_workers` is accepted for compatibility with the popular script
     and unused: batches are drawn from memory. `batch_size` is the global batch; with
@@ -259,8 +260,9 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
     characters, drawn with `seed`.
 
     LFW (`name` 'lfw', see `load_lfw`) trains and tests by its protocol split
-    `lfw_split`; training batches are cropped at random and mirrored (`RandomCropFlip`),
-    test batches cropped in the middle, both to 64 x 64.
+    `lfw_split` (`lfw_threshold_people`: see load_lfw's `threshold_people`); training
+    batches are cropped at random and mirrored (`RandomCropFlip`), test batches cropped in
+    the middle, both to 64 x 64.
     """
     if name not in NAMES:
         raise ValueError(f"dataset must be one of {NAMES}, got {name!r}")
@@ -276,7 +278,7 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
                 raise ValueError("LFW's protocol files say who is trained on: no "
                                  "--holdout-classes")
             o = load_lfw(root, lfw_split, lfw_min_images, train_classes=train_classes,
-                         seed=seed)
+                         seed=seed, threshold_people=lfw_threshold_people)
             transforms = (RandomCropFlip(LFW_INPUT, generator), center_crop(LFW_INPUT))
         train, test = (o["train"], o["test"])
         mean, std = o["mean"], o["std"]
@@ -864,6 +866,47 @@ def lfw_protocol(root, split, md5s=None):
             "threshold_pairs": threshold_pairs}
 
 
+# The threshold's pairs among held-out people: each person's first few images only, so
+# that the few people with dozens of images (George W Bush: 530) do not make the matched
+# pairs theirs.
+THRESHOLD_IMAGES_PER_PERSON = 5
+
+
+def hold_out_people(classes, count, seed, split):
+    """`count` of `classes` ([(name, images)]) with two or more images, drawn with `seed`
+    (--lfw-threshold-people): people never trained on, whose pairs choose the threshold."""
+    if not count:
+        return []
+    able = [person for person in classes if person[1] >= 2]
+    if not isinstance(count, int) or not 2 <= count <= len(able) - 2:
+        raise ValueError(f"--lfw-threshold-people must be 0 or an integer from 2 to "
+                         f"{len(able) - 2} (LFW {split}'s training people with two or more "
+                         f"images, less the two that training needs), got {count!r}")
+    g = torch.Generator().manual_seed(seed)
+    return [able[j] for j in sorted(torch.randperm(len(able), generator=g)[:count].tolist())]
+
+
+def threshold_people_pairs(people, seed, per_person=THRESHOLD_IMAGES_PER_PERSON):
+    """Verification pairs among `people` ([(name, images)], held out of training): every
+    pair of each person's first `per_person` images (matched), and as many pairs of two
+    different people's images, drawn with `seed` (mismatched, none twice; fewer only where
+    the people have fewer), so that the threshold is chosen on half matched pairs as the
+    protocol's are.
+    Returns [((name, i), (name, j), same)]."""
+    firsts = [(n, range(1, min(c, per_person) + 1)) for n, c in people]
+    matched = [((n, i), (n, j), True) for n, images in firsts for i in images for j in images
+               if i < j]
+    counts = [c for _, c in people]
+    possible = (sum(counts) ** 2 - sum(c * c for c in counts)) // 2
+    rng = random.Random(seed)
+    mismatched = set()
+    while len(mismatched) < min(len(matched), possible):
+        (a, ca), (b, cb) = rng.sample(people, 2)
+        pair = tuple(sorted([(a, rng.randint(1, ca)), (b, rng.randint(1, cb))]))
+        mismatched.add(pair)
+    return matched + [(a, b, False) for a, b in sorted(mismatched)]
+
+
 def _lfw_file(name, number):
     return f"{name}/{name}_{number:04d}.jpg"
 
@@ -884,7 +927,8 @@ def _channel_stats(images):
     return mean, std
 
 
-def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, seed=1):
+def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, seed=1,
+             threshold_people=0):
     """LFW split `split` (see `lfw_protocol`) as uint8 (N, 3, 72, 72) face crops:
 
     - train: the images of the training people with at least `min_images` images, the
@@ -894,6 +938,10 @@ def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, s
     - test: first the images of the threshold pairs (trained people: their class label,
       or a label from K + T on for a person who is no class), then every
       image of the T test people (labels K..K+T-1).
+    - with `threshold_people` H > 0, H of the training people with two or more images
+      (drawn with `seed`) are not trained on, and the threshold pairs are pairs of their
+      images (`threshold_people_pairs`) instead of the protocol's pairs of trained people,
+      whose images stay first in the test set (the closed-set accuracy is theirs).
 
     Returns a dict: train, test (images, labels), mean and std (per channel, of the
     training images), classes (the K trained people, then the T test people), num_seen
@@ -904,6 +952,14 @@ def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, s
         raise ValueError(f"--lfw-min-images must be a positive integer, got {min_images!r}")
     p = lfw_protocol(root, split, md5s)
     classes = [(n, c) for n, c in p["train_people"] if c >= min_images]
+    held_out = hold_out_people(classes, threshold_people, seed, split)
+    # The protocol's threshold pairs' images stay in the test set whoever chooses the
+    # threshold: they are the trained people's images the closed-set accuracy is of.
+    imaged_pairs = p["threshold_pairs"]
+    if held_out:
+        classes = [person for person in classes if person not in held_out]
+        p["threshold_pairs"] = threshold_people_pairs(held_out, seed)
+        imaged_pairs = imaged_pairs + p["threshold_pairs"]
     if len(classes) < 2:
         raise ValueError(f"LFW {split}: {len(classes)} training people have {min_images} "
                          f"or more images; at least 2 are needed")
@@ -915,7 +971,7 @@ def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, s
     for n, _ in p["train_people"]:  # threshold-pair people who are no class
         label.setdefault(n, len(label))
     train_files = [(n, i) for n, c in classes for i in range(1, c + 1)]
-    threshold_files = sorted({im for a, b, _ in p["threshold_pairs"] for im in (a, b)})
+    threshold_files = sorted({im for a, b, _ in imaged_pairs for im in (a, b)})
     test_files = [(n, i) for n, c in p["test_people"] for i in range(1, c + 1)]
     files = threshold_files + test_files
     where = {f: j for j, f in enumerate(files)}
@@ -933,6 +989,7 @@ def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, s
     lfw = {"split": split, "pairs": pairs, "same": same, "threshold_pairs": threshold_pairs,
            "threshold_same": threshold_same, "num_threshold_images": len(threshold_files),
            "trained_people": [n for n, _ in classes],
+           "threshold_people": [n for n, _ in held_out],
            "people_not_classes": [n for n, _ in p["train_people"] if label[n] >= k + t]}
     return {"train": (train_images, torch.tensor([label[n] for n, _ in train_files])),
             "test": (test_images, torch.tensor([label[n] for n, _ in files])),

@@ -667,10 +667,10 @@ def measure_lfw(features, labels, lfw, name):
     v = protocol_verification(features, lfw["pairs"], lfw["same"], lfw["threshold_pairs"],
                               lfw["threshold_same"])
     print("LFW {} (cosine, {} pairs of people never trained on; threshold {:.4f}, chosen on "
-          "{} pairs of trained people, {:.2f}% right there): Accuracy (%): {:.2f}\t AUC: {:.4f}"
+          "{} pairs of {}, {:.2f}% right there): Accuracy (%): {:.2f}\t AUC: {:.4f}"
           "\t TAR@FAR=1e-3 (%): {:.2f}".format(
               lfw["split"], len(lfw["pairs"]), v["threshold"], len(lfw["threshold_pairs"]),
-              100 * v["threshold_accuracy"], 100 * v["accuracy"], v["auc"],
+              threshold_people(lfw), 100 * v["threshold_accuracy"], 100 * v["accuracy"], v["auc"],
               100 * v["tar_at_far"]))
     row = dict(unseen_ver_accuracy=f"{100 * v['accuracy']:.2f}", unseen_auc=f"{v['auc']:.5f}",
                unseen_tar_at_far=f"{100 * v['tar_at_far']:.2f}",
@@ -684,6 +684,13 @@ def measure_lfw(features, labels, lfw, name):
     return row, v
 
 
+def threshold_people(lfw):
+    """Whose pairs choose LFW's threshold, in words: the protocol's pairs are of trained
+    people; --lfw-threshold-people H holds H people out of training for it."""
+    held = len(lfw.get("threshold_people", []))
+    return f"{held:,} training people held out of training" if held else "trained people"
+
+
 def pair_scores_record(lfw, files, v, epoch):
     """What re-checks an LFW run without its features (main.py writes it as
     pair_scores.json.gz): each test pair's image names, whether it is matched and its
@@ -693,6 +700,8 @@ def pair_scores_record(lfw, files, v, epoch):
     return {"split": lfw["split"], "epoch": epoch, "metric": "cosine", "mirror": MIRROR,
             "threshold": v["threshold"], "threshold_accuracy": v["threshold_accuracy"],
             "threshold_pairs": len(lfw["threshold_pairs"]),
+            **({"threshold_people": list(lfw["threshold_people"])}
+               if lfw.get("threshold_people") else {}),
             "pairs": [[a, b, int(s), float(score)] for (a, b), s, score in
                       zip(names, lfw["same"].tolist(), v["scores"].tolist())],
             "trained_people": list(lfw["trained_people"])}

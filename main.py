@@ -103,6 +103,10 @@ def get_parser():
                    help="lfw: the training people with at least N images are the softmax "
                         "classes (1: all of them; 2 was better on View 1, docs/lfw.md); the "
                         "others' images still serve the threshold pairs")
+    p.add_argument("--lfw-threshold-people", type=nonneg_int, default=0, metavar="H",
+                   help="lfw: hold H of the training people with two or more images out of "
+                        "training (drawn with --seed) and choose the verification threshold on "
+                        "pairs of their images; 0: on the protocol's pairs, of trained people")
     # optimization
     p.add_argument("--lr-model", type=nonneg_float, default=0.001,
                    help="learning rate for model (-d lfw: 0.1)")
@@ -447,7 +451,7 @@ def resolve_defaults(args, given):
         takes = "3 x 64 x 64 face crops" if lfw else "1 x 28 x 28 glyphs"
         fits = "resnet10 or resnet18" if lfw else "cnn"
         raise ValueError(f"-d {args.dataset} has {takes}: --model {fits}, not {args.model}")
-    for flag in ("lfw_split", "lfw_min_images"):
+    for flag in ("lfw_split", "lfw_min_images", "lfw_threshold_people"):
         if flag in given and not lfw:
             raise ValueError(f"--{flag.replace('_', '-')} is for -d lfw, not {args.dataset}")
 
@@ -458,7 +462,8 @@ RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-
                 "center_update": "--center-update", "holdout": "--holdout-classes",
                 "train_classes": "--train-classes", "optimizer": "--optimizer",
                 "lfw_split": "--lfw-split", "lfw_min_images": "--lfw-min-images",
-                "head": "--head", "lr_schedule": "--lr-schedule"}
+                "lfw_threshold_people": "--lfw-threshold-people", "head": "--head",
+                "lr_schedule": "--lr-schedule"}
 
 
 def given_flags(argv):
@@ -485,7 +490,8 @@ def load_resume(args, given):
         sys.exit(f"error: --resume {e}")
     # Checkpoints older than a flag hold its default.
     saved = dict({"train_classes": None, "optimizer": "sgd", "lfw_split": "view1",
-                  "lfw_min_images": 1, "head": "softmax", "lr_schedule": "step"}, **ckpt["args"],
+                  "lfw_min_images": 1, "lfw_threshold_people": 0, "head": "softmax",
+                  "lr_schedule": "step"}, **ckpt["args"],
                  holdout=ckpt.get("holdout_classes", []))
     if args.evaluate:  # evaluating needs no flags repeated, only none contradicted
         for key in [*RESUME_FLAGS, "weight_cent", "seed"]:  # seed: which --train-classes
@@ -605,7 +611,8 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
                                   num_workers=args.workers, root=args.data_root, seed=args.seed,
                                   rank=rank, world_size=world, device=device,
                                   holdout=args.holdout, train_classes=args.train_classes,
-                                  lfw_split=args.lfw_split, lfw_min_images=args.lfw_min_images)
+                                  lfw_split=args.lfw_split, lfw_min_images=args.lfw_min_images,
+                                  lfw_threshold_people=args.lfw_threshold_people)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if ckpt is not None and ckpt.get("classes", dataset.classes) != dataset.classes:
@@ -794,7 +801,8 @@ def lfw_summary(dataset, args):
     """The line that says who LFW's split trains on and what it tests."""
     lfw, k = dataset.lfw, dataset.num_classes
     test = dataset.testloader.labels[lfw["num_threshold_images"]:]
-    left_out = len(lfw["people_not_classes"])
+    held = len(lfw.get("threshold_people", []))
+    left_out = len(lfw["people_not_classes"]) - held
     few = f"fewer than {args.lfw_min_images} images"
     if not left_out:
         why = ""
@@ -805,10 +813,10 @@ def lfw_summary(dataset, args):
                f"--train-classes {args.train_classes} drawn)")
     return ("LFW {}: training on {:,} images of {:,} people{}; testing {:,} pairs ({:,} "
             "matched) of {:,} people never trained on ({:,} images); the threshold is chosen "
-            "on {:,} pairs of trained people".format(
+            "on {:,} pairs of {}".format(
                 lfw["split"], len(dataset.trainloader.labels), k, why, len(lfw["pairs"]),
                 int(lfw["same"].sum()), len(dataset.classes) - k, len(test),
-                len(lfw["threshold_pairs"])))
+                len(lfw["threshold_pairs"]), evaluation.threshold_people(lfw)))
 
 
 def report_lfw(args, dataset, epoch, result, criterion_cent):

@@ -544,3 +544,60 @@ def test_no_process_trains_on_a_batch_of_one_image(tiny_data, batch_size, world_
         assert len(sizes) == len(loader) and min(sizes) >= 2, sizes
         seen += sum(sizes)
     assert seen == 256 - left_out
+
+
+def test_threshold_pairs_of_held_out_people():
+    people = [("A", 7), ("B", 2), ("C", 3)]
+    pairs = datasets.threshold_people_pairs(people, seed=1)
+    matched = [(a, b) for a, b, same in pairs if same]
+    mismatched = [(a, b) for a, b, same in pairs if not same]
+    # A's first five images only (10 pairs), B's one pair, C's three
+    assert len(matched) == 10 + 1 + 3 == len(mismatched) == len(set(mismatched))
+    assert all(a[0] == b[0] and a[1] < b[1] <= 5 for a, b in matched)
+    assert all(a[0] != b[0] for a, b in mismatched)
+    assert all(1 <= i <= dict(people)[n] for pair in mismatched for n, i in pair)
+    assert pairs == datasets.threshold_people_pairs(people, seed=1)
+    assert pairs != datasets.threshold_people_pairs(people, seed=2)
+    # two people with few images: every mismatched pair there is, not a pair more
+    few = datasets.threshold_people_pairs([("A", 5), ("B", 2)], seed=1)
+    assert sum(same for *_, same in few) == 11 and sum(not same for *_, same in few) == 10
+
+
+def test_threshold_on_held_out_training_people(tmp_path, tiny_lfw, own_sums, capsys):
+    """--lfw-threshold-people H: H training people with two or more images, drawn with the
+    seed, are not trained on; the threshold is chosen on pairs of their images alone."""
+    full = datasets.load_lfw(tiny_lfw, "view1", min_images=2)
+    o = datasets.load_lfw(tiny_lfw, "view1", min_images=2, threshold_people=3, seed=1)
+    lfw, files, labels = o["extra"]["lfw"], o["extra"]["files"], o["test"][1]
+    held = lfw["threshold_people"]
+    trained = full["extra"]["lfw"]["trained_people"]
+    assert len(held) == 3 and set(held) < set(trained)
+    assert lfw["trained_people"] == [n for n in trained if n not in held]
+    assert o["num_seen"] == len(trained) - 3 and len(o["train"][1]) == 3 * (len(trained) - 3)
+    person = [f.rsplit("_", 1)[0] for f in files]
+    for (i, j), same in zip(lfw["threshold_pairs"].tolist(), lfw["threshold_same"].tolist()):
+        assert person[i] in held and person[j] in held and (person[i] == person[j]) == same
+        assert labels[i] >= o["num_seen"] + len(LFW_DEV_TEST)  # no class
+    assert lfw["threshold_same"].tolist() == [True] * 9 + [False] * 9  # 3 images each
+    # the test pairs are the protocol's, as without
+    name = lambda d, k: [d["extra"]["files"][i] for i in d["extra"]["lfw"]["pairs"][:, k]]  # noqa: E731
+    assert name(o, 0) == name(full, 0) and name(o, 1) == name(full, 1)
+    others = [datasets.load_lfw(tiny_lfw, "view1", min_images=2, threshold_people=3, seed=s)
+              ["extra"]["lfw"]["threshold_people"] for s in range(2, 6)]
+    assert any(h != held for h in others)
+    for bad in (1, len(trained) - 1):
+        with pytest.raises(ValueError, match=f"--lfw-threshold-people must be 0 or an integer "
+                                             f"from 2 to {len(trained) - 2} .*got {bad!r}"):
+            datasets.load_lfw(tiny_lfw, "view1", min_images=2, threshold_people=bad)
+    save_dir = str(tmp_path / "run")
+    main.main(["-d", "lfw", "--data-root", tiny_lfw, "--save-dir", save_dir, *FAST,
+               "--batch-size", "8", "--max-epoch", "1", "--feat-dim", "16",
+               "--lfw-threshold-people", "3"])
+    out = capsys.readouterr().out
+    assert ("the threshold is chosen on 18 pairs of 3 training people held out of training"
+            in out)
+    assert "chosen on 18 pairs of 3 training people held out of training, " in out
+    scores = utils.load_pair_scores(os.path.join(save_dir, "pair_scores.json.gz"))
+    assert scores["threshold_people"] == held and scores["threshold_pairs"] == 18
+    assert not set(held) & set(scores["trained_people"])
+    assert checkpoint(save_dir)["args"]["lfw_threshold_people"] == 3
