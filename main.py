@@ -121,6 +121,9 @@ def get_parser():
     p.add_argument("--center-update", type=str, default="grad", choices=["grad", "paper"],
                    help="grad: gradient of the loss (popular implementation); paper: eq. 4 "
                         "(-d lfw: paper)")
+    p.add_argument("--center-feature", type=str, default="raw", choices=["raw", "normalised"],
+                   help="what center loss pulls: the feature itself, or its L2-normalised "
+                        "direction, which a margin head (--head cosface/arcface) compares")
     p.add_argument("--weight-cent-warmup", type=nonneg_int, default=0, metavar="N",
                    help="ramp lambda up linearly over the first N epochs (0: no ramp)")
     p.add_argument("--max-epoch", type=positive_int, default=100,
@@ -240,7 +243,11 @@ def train_step(model, criterion_xent, criterion_cent, optimizer_model, optimizer
     loss_xent = criterion_xent(outputs.float(), labels)  # autocast would do the same upcast
     # --weight-cent 0 is softmax only: no center loss term, and no division by 0 below.
     if weight_cent > 0:
-        loss_cent = weight_cent * criterion_cent(features, labels)
+        pulled = features
+        if getattr(args, "center_feature", "raw") == "normalised":
+            # The margin heads see a feature's direction only: pull that to the centers.
+            pulled = nn.functional.normalize(features.float(), dim=1)
+        loss_cent = weight_cent * criterion_cent(pulled, labels)
     else:
         loss_cent = torch.zeros((), device=data.device)
     loss = loss_xent + loss_cent
@@ -463,7 +470,7 @@ RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-
                 "train_classes": "--train-classes", "optimizer": "--optimizer",
                 "lfw_split": "--lfw-split", "lfw_min_images": "--lfw-min-images",
                 "lfw_threshold_people": "--lfw-threshold-people", "head": "--head",
-                "lr_schedule": "--lr-schedule"}
+                "lr_schedule": "--lr-schedule", "center_feature": "--center-feature"}
 
 
 def given_flags(argv):
@@ -491,7 +498,7 @@ def load_resume(args, given):
     # Checkpoints older than a flag hold its default.
     saved = dict({"train_classes": None, "optimizer": "sgd", "lfw_split": "view1",
                   "lfw_min_images": 1, "lfw_threshold_people": 0, "head": "softmax",
-                  "lr_schedule": "step"}, **ckpt["args"],
+                  "lr_schedule": "step", "center_feature": "raw"}, **ckpt["args"],
                  holdout=ckpt.get("holdout_classes", []))
     if args.evaluate:  # evaluating needs no flags repeated, only none contradicted
         for key in [*RESUME_FLAGS, "weight_cent", "seed"]:  # seed: which --train-classes

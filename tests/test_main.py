@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from PIL import Image
 
@@ -357,3 +358,37 @@ def test_bad_flag_given_to_main(capsys):
 def test_resume_missing_file(tmp_path):
     line = exit_line("--resume", str(tmp_path / "none.pth.tar"), "--save-dir", str(tmp_path))
     assert line == f"error: --resume {tmp_path / 'none.pth.tar'}: no such checkpoint file"
+
+
+def test_center_loss_on_the_normalised_feature(tiny_data):
+    """--center-feature normalised: the center loss term is CenterLoss of the features'
+    directions; the model's features themselves are returned (and plotted) as they are."""
+    data = datasets.create("mnist", 64, False, root=tiny_data, seed=3)
+    batch = next(iter(data.trainloader))
+    out = {}
+    for feature in ("raw", "normalised"):
+        args = main.get_parser().parse_args(["--use-cpu", "--weight-cent", "0.5",
+                                             "--center-update", "paper", "--center-feature",
+                                             feature])
+        torch.manual_seed(0)
+        model = models.create("cnn", num_classes=10)
+        cent = CenterLoss(10, 2, use_gpu=False, update="paper")
+        centers = cent.centers.detach().clone()
+        with torch.no_grad():
+            want_features = model(batch[0])[0]
+        opt_m = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        opt_c = torch.optim.SGD(cent.parameters(), lr=0.5)
+        features, values = main.train_step(model, nn.CrossEntropyLoss(), cent, opt_m, opt_c,
+                                           *batch, args)
+        assert torch.allclose(features, want_features, atol=1e-5)
+        pulled = want_features if feature == "raw" else F.normalize(want_features, dim=1)
+        want = 0.5 * ((pulled - centers[batch[1]]) ** 2).sum(1).mean()
+        assert values[2].item() == pytest.approx(want.item(), rel=1e-4)
+        out[feature] = cent.centers.detach().clone()
+    # eq. 4 moved the centers toward the directions, not the features
+    directions = F.normalize(want_features, dim=1)
+    label = batch[1][0]
+    mine = directions[batch[1] == label]
+    n = len(mine)
+    step = 0.5 * (centers[label] - mine).sum(0) / (1 + n)
+    assert torch.allclose(out["normalised"][label], centers[label] - step, atol=1e-5)
