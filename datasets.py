@@ -679,10 +679,14 @@ LFW_URL = "https://vis-www.cs.umass.edu/lfw/"
 def _decode_face(source, name):
     """One deep-funneled LFW image (250 x 250 JPEG) as uint8 (3, 72, 72): decoded at half
     scale and cropped to its middle 72 x 72, that is the middle 144 x 144 px of the
-    original. `name` names the file in the ValueError for a truncated or undecodable one."""
+    original. A 72 x 72 image is such a crop already (a packed copy of LFW) and is taken
+    as it is. `name` names the file in the ValueError for a truncated or undecodable one."""
     try:
         from PIL import Image
         with Image.open(source) as im:
+            if im.size == (LFW_STORED, LFW_STORED):  # a crop already (experiments/lfw_pack.py)
+                return np.ascontiguousarray(np.asarray(im.convert("RGB"), np.uint8)
+                                            .transpose(2, 0, 1))
             im.draft("RGB", (LFW_DECODED, LFW_DECODED))  # JPEG only: decodes at 1/2 scale
             im = im.convert("RGB")
             if im.size != (LFW_DECODED, LFW_DECODED):

@@ -601,3 +601,34 @@ def test_threshold_on_held_out_training_people(tmp_path, tiny_lfw, own_sums, cap
     assert scores["threshold_people"] == held and scores["threshold_pairs"] == 18
     assert not set(held) & set(scores["trained_people"])
     assert checkpoint(save_dir)["args"]["lfw_threshold_people"] == 3
+
+
+def test_a_packed_copy_of_lfw_loads_as_the_original(tiny_lfw, own_sums, tmp_path):
+    """experiments/lfw_pack.py: the 72 x 72 crops re-encoded in one tar file; unpacked, the
+    same people, pairs and labels, and each image the original crop through JPEG."""
+    import io
+    import tarfile
+    from PIL import Image
+
+    def through_jpeg(crops):
+        out = []
+        for crop in crops:
+            buf = io.BytesIO()
+            Image.fromarray(crop.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=95)
+            out.append(torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1))
+        return torch.stack(out)
+    spec = importlib.util.spec_from_file_location(
+        "lfw_pack", os.path.join(ROOT, "experiments", "lfw_pack.py"))
+    lfw_pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lfw_pack)
+    out = str(tmp_path / "lfw72.tar.gz")
+    assert lfw_pack.pack(tiny_lfw, out, quality=95) == 56
+    with tarfile.open(out) as tar:
+        tar.extractall(tmp_path / "packed", filter="data")
+    for split in ("view1", "fold3"):
+        a = datasets.load_lfw(tiny_lfw, split, min_images=2)
+        b = datasets.load_lfw(str(tmp_path / "packed"), split, min_images=2)
+        assert a["classes"] == b["classes"] and a["extra"]["files"] == b["extra"]["files"]
+        for part in ("train", "test"):
+            assert torch.equal(a[part][1], b[part][1])
+            assert torch.equal(through_jpeg(a[part][0]), b[part][0])
