@@ -147,9 +147,9 @@ LFW_HEADS = [dict(schedule="cosine"), dict(head="arcface", lr=LFW_COSFACE_LR),
              dict(head="cosface", lr=LFW_COSFACE_LR)]
 LFW_LEVERS = [dict(threshold_people=LFW_THRESHOLD_PEOPLE), dict(dim=128), dict(model="resnet18")]
 # Center loss on the L2-normalised feature beside ArcFace, which compares directions only. λ
-# for the same pull: on the 80-epoch λ 0.003 View 1 run's training features (512-D, |x|^2
-# 202 on average), the center term's gradient per unit λ is 15.4 on the raw feature and
-# 0.066 on the normalised one (through the normalisation), so 0.003 x 15.4 / 0.066 = 0.7.
+# for the same pull (experiments/center_scale.py on the 80-epoch λ 0.003 View 1 run): its
+# training features' squared norm is 202 on average, the center term's gradient per unit λ
+# 14.4 on the raw feature and 0.063 on the normalised one, so 0.003 x 228 = 0.685 ~ 0.7.
 # One value, not a sweep.
 LFW_NORMALISED_LAM = 0.7
 
