@@ -34,6 +34,9 @@ the dim group):
     lfw, lfw-view2, lfw-distance
            LFW by its protocol (LFW_* below): View 1's settings, View 2's ten folds, and
            View 1's best arm with one change at a time (depth, epochs, fewer people).
+    lfw-recipe, lfw-levers, lfw-view2-recipe
+           the face recipe's levers on View 1, one change at a time with softmax only
+           beside each; then View 2 at the chosen recipe, two seeds (empty until chosen).
 """
 import argparse
 import math
@@ -302,6 +305,7 @@ def groups():
         "classes": omniglot_class_runs(),
         "lfw": lfw_view1_runs(),
         "lfw-view2": lfw_view2_runs(),
+        "lfw-view2-recipe": lfw_view2_recipe_runs(),
         # and softmax only at the longer schedule: does center loss's lead survive it?
         "lfw-distance": ([lfw_run(LFW_BEST_LAM, **change) for change in LFW_DISTANCE]
                          + [lfw_run(0, epochs=2 * LFW_MAX_EPOCH)]),
@@ -337,6 +341,28 @@ def lfw_view2_runs():
     arms = [arm for _, arm in lfw_arms()]
     return [lfw_run(split=f"fold{k}", **arm) for pair in (arms[:2], arms[2:])
             for k in range(1, 11) for arm in pair]
+
+
+# View 2 at the recipe chosen on View 1 (LFW_RECIPE_RUN), all ten folds, two seeds: the
+# recipe without center loss (the softmax-family baseline) and with it. Empty until View 1
+# has chosen (LFW_RECIPE_CHOSEN); View 2 chooses nothing.
+LFW_RECIPE_CHOSEN = False
+LFW_VIEW2_SEEDS = (1, 2)
+
+
+def lfw_recipe_arms():
+    """(label, settings) of View 2's arms at the recipe, the baseline first."""
+    if not LFW_RECIPE_CHOSEN:
+        return []
+    recipe = {k: v for k, v in LFW_RECIPE_RUN.items() if k not in ("dataset", "split", "seed")}
+    return [("recipe, softmax-family only", dict(recipe, lam=0)),
+            (f"recipe + λ {recipe['lam']:g}", recipe)]
+
+
+def lfw_view2_recipe_runs():
+    """Seed by seed, fold by fold, a fold's arms side by side (as --part K/N shares them)."""
+    return [lfw_run(split=f"fold{k}", seed=seed, **arm) for seed in LFW_VIEW2_SEEDS
+            for k in range(1, 11) for _, arm in lfw_recipe_arms()]
 
 
 def lfw_view1_runs():
@@ -769,12 +795,65 @@ def lfw_tables(args):
         lines.append([label, mean, diff, count, f"{len(done)}/10"]
                      + lfw_fold_means(rows[label])
                      + ["—" if a is None else f"{a:.2f}" for a in accs])
+    out += lfw_view2_recipe_table(args)
     return out + table("LFW View 2: mean ± standard error over the 10 folds, and each fold "
                        "(test pairs' accuracy %)",
                        ["arm", "mean ± SE", "paired difference (same fold and seed)",
                         "folds ahead / level / behind", "folds done", "mean AUC",
                         "mean MAP@R % (test people)"]
                        + [f"fold {k}" for k in range(1, 11)], lines)
+
+
+def lfw_seed_means(arm, args):
+    """Per fold, the mean over LFW_VIEW2_SEEDS of a figure of an arm's runs: {key: [ten
+    values, None where a seed's run has not finished]}, and how many runs finished."""
+    keys = ("unseen_ver_accuracy", "unseen_auc", "unseen_tar_all_1e-03", "unseen_map_at_r")
+    out, done = {key: [] for key in keys}, 0
+    for k in range(1, 11):
+        rows = [lfw_last(run_name(**lfw_run(split=f"fold{k}", seed=seed, **arm)), args)
+                for seed in LFW_VIEW2_SEEDS]
+        done += sum(row is not None for row in rows)
+        for key in keys:
+            out[key].append(None if any(r is None for r in rows) else
+                            sum(float(r[key]) for r in rows) / len(rows))
+    return out, done
+
+
+def lfw_view2_recipe_table(args):
+    """View 2 at the recipe: each arm's mean ± SE over the folds (seed-averaged per fold),
+    the paired difference to the baseline fold by fold, and the threshold-free figures."""
+    import evaluation
+    arms = lfw_recipe_arms()
+    means = {label: lfw_seed_means(arm, args) for label, arm in arms}
+    base = arms[0][0] if arms else None
+    lines = []
+    for label, (figures, done) in means.items():
+        accs = figures["unseen_ver_accuracy"]
+        complete = all(a is not None for a in accs)
+        mean = "{:.2f} ± {:.2f}".format(*evaluation.standard_error(accs)) if complete else "—"
+        diff, count = "—", "—"
+        if label != base:
+            paired = [a - b for a, b in zip(accs, means[base][0]["unseen_ver_accuracy"])
+                      if a is not None and b is not None]
+            if len(paired) == 10:
+                diff = "{:+.2f} ± {:.2f}".format(*evaluation.standard_error(paired))
+            if paired:
+                count = "{} / {} / {}".format(sum(d > 0 for d in paired),
+                                              sum(d == 0 for d in paired),
+                                              sum(d < 0 for d in paired))
+        mean_of = lambda key, fmt: (fmt.format(sum(figures[key]) / 10) if complete  # noqa: E731
+                                    else "—")
+        lines.append([label, mean, diff, count, f"{done}/{10 * len(LFW_VIEW2_SEEDS)}",
+                      mean_of("unseen_auc", "{:.4f}"), mean_of("unseen_tar_all_1e-03", "{:.2f}"),
+                      mean_of("unseen_map_at_r", "{:.2f}")]
+                     + ["—" if a is None else f"{a:.2f}" for a in accs])
+    seeds = " and ".join(map(str, LFW_VIEW2_SEEDS))
+    return table(f"LFW View 2 at the recipe: mean ± standard error over the 10 folds of each "
+                 f"fold's accuracy averaged over seeds {seeds}; the paired difference to "
+                 f"{base} (same fold, seed-averaged)",
+                 ["arm", "mean ± SE", "paired difference", "folds ahead / level / behind",
+                  "runs done", "mean AUC", "mean all-pairs TAR@FAR=1e-3 %",
+                  "mean MAP@R % (test people)"] + [f"fold {k}" for k in range(1, 11)], lines)
 
 
 def lfw_picture(args):

@@ -408,3 +408,33 @@ def test_lfw_defaults_are_the_recipe_the_study_reports():
     popular = resolved([])
     assert (popular["lr_model"], popular["weight_cent"], popular["max_epoch"]) == (0.001, 1, 100)
     assert resolved(["-d", "lfw", "--lr-model", "0.01"])["lr_model"] == 0.01
+
+
+def test_view2_at_the_recipe(tmp_path, monkeypatch):
+    """Empty until View 1 has chosen; then both arms on every fold with both seeds, and a
+    table of seed-averaged folds: mean ± SE, the paired difference, the threshold-free means."""
+    assert study.groups()["lfw-view2-recipe"] == []
+    monkeypatch.setattr(study, "LFW_RECIPE_CHOSEN", True)
+    runs = study.groups()["lfw-view2-recipe"]
+    assert len(runs) == 2 * 10 * 2 and len({study.run_name(**r) for r in runs}) == 40
+    recipe = {k: v for k, v in study.LFW_RECIPE_RUN.items() if k not in ("split", "seed")}
+    assert {r["lam"] for r in runs} == {0, recipe["lam"]}
+    for r in runs:
+        assert {k: v for k, v in r.items() if k not in ("split", "seed", "lam")} == {
+            k: v for k, v in recipe.items() if k != "lam"}
+    figures = {"unseen_tar_at_far": "30.00", "unseen_tar_all_1e-04": "10.000",
+               "lfw_threshold": "0.250000"}
+    for r in runs:
+        k, seed, lam = int(r["split"][4:]), r["seed"], r["lam"]
+        acc = 80 + k + (2 if lam else 0) + (seed - 1) * (0.5 if k % 2 else -0.5)
+        run_dir = write_run(tmp_path, study.run_name(**r), [90.0] * r["epochs"], dict(
+            figures, unseen_ver_accuracy=f"{acc:.2f}", unseen_auc=f"{0.9 + 0.01 * seed:.5f}",
+            **{"unseen_tar_all_1e-03": "25.000", "unseen_map_at_r": "20.00"}))
+        os.rename(os.path.join(run_dir, "log_mnist.txt"), os.path.join(run_dir, "log_lfw.txt"))
+    lines = study.lfw_view2_recipe_table(study.argparse.Namespace(runs_dir=str(tmp_path)))
+    text = "\n".join(lines)
+    folds = [80.25 + k if k % 2 else 79.75 + k for k in range(1, 11)]
+    mean, se = evaluation.standard_error(folds)
+    assert (f"| recipe, softmax-family only | {mean:.2f} ± {se:.2f} | — | — | 20/20 | 0.9150 "
+            f"| 25.00 | 20.00 | " + " | ".join(f"{f:.2f}" for f in folds) + " |") in text
+    assert f"| recipe + λ {recipe['lam']:g} | {mean + 2:.2f} ± {se:.2f} | +2.00 ± 0.00 | 10 / 0 / 0 | 20/20 |" in text
