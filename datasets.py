@@ -132,6 +132,65 @@ class RandomCropFlip:
         return out.permute(0, 3, 1, 2).contiguous()
 
 
+class StrongAugment:
+    """--augment strong, a training augmentation of a uint8 batch (N, C, H, W) for faces and
+    re-identification: each image's random resized crop (a box of `scale` of its area and
+    `ratio` of aspect, resampled bilinearly to `size` x `size`, as torchvision's
+    RandomResizedCrop), mirrored with probability 1/2, colour jitter (brightness, contrast
+    and saturation each scaled by a factor within 1 +- `jitter`) and random erasing (with
+    probability `erase_p` a box of 2-33% of the image and aspect 0.3-3.3 set to the image's
+    mean colour, as torchvision's RandomErasing). Returns float32 in [0, 255] for
+    `normalise`. Draws as RandomCropFlip's: the whole global batch's from `generator`, this
+    rank's part from `first` on."""
+
+    def __init__(self, size, generator, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), jitter=0.2,
+                 erase_p=0.5):
+        self.size, self.generator = size, generator
+        self.scale, self.ratio, self.jitter, self.erase_p = scale, ratio, jitter, erase_p
+
+    def _boxes(self, total, scale, ratio):
+        """(width, height, centre x, centre y) of `total` boxes as fractions of the image."""
+        g = self.generator
+        area = torch.empty(total).uniform_(*scale, generator=g)
+        log_r = torch.empty(total).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+        w = (area * log_r.exp()).sqrt().clamp(max=1)
+        h = (area / log_r.exp()).sqrt().clamp(max=1)
+        cx = w / 2 + torch.rand(total, generator=g) * (1 - w)
+        cy = h / 2 + torch.rand(total, generator=g) * (1 - h)
+        return w, h, cx, cy
+
+    def __call__(self, images, first=0, total=None):
+        import torch.nn.functional as F
+        n = images.shape[0]
+        total, g, part = total or n, self.generator, slice(first, first + n)
+        w, h, cx, cy = (t[part] for t in self._boxes(total, self.scale, self.ratio))
+        flip = (torch.rand(total, generator=g) < 0.5)[part]
+        factors = (1 + self.jitter * (2 * torch.rand(total, 3, generator=g) - 1))[part]
+        erase = (torch.rand(total, generator=g) < self.erase_p)[part]
+        ew, eh, ex, ey = (t[part] for t in self._boxes(total, (0.02, 0.33), (0.3, 3.3)))
+        # The crop: output coordinates in [-1, 1] onto the box, mirrored by a negative x scale.
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = torch.where(flip, -w, w)
+        theta[:, 1, 1] = h
+        theta[:, 0, 2], theta[:, 1, 2] = 2 * cx - 1, 2 * cy - 1
+        dev = images.device
+        grid = F.affine_grid(theta.to(dev), (n, images.shape[1], self.size, self.size),
+                             align_corners=False)
+        x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                          align_corners=False)
+        brightness, contrast, saturation = (f.to(dev).view(-1, 1, 1, 1) for f in factors.T)
+        x = x * brightness
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean
+        grey = x.mean(dim=1, keepdim=True)  # the channels' mean: grey of the same brightness
+        x = ((x - grey) * saturation + grey).clamp(0, 255)
+        steps = (torch.arange(self.size, device=dev) + 0.5) / self.size
+        inside = lambda c, half: ((steps - c.to(dev)[:, None]).abs() < half.to(dev)[:, None])  # noqa: E731
+        box = inside(ey, eh / 2)[:, :, None] & inside(ex, ew / 2)[:, None, :]
+        box &= erase.to(dev)[:, None, None]
+        return torch.where(box[:, None], x.mean(dim=(2, 3), keepdim=True), x)
+
+
 def center_crop(size):
     """The test-time crop: the middle `size` x `size` of each image of a batch."""
     def crop(images, first=0, total=None):
@@ -243,7 +302,7 @@ def _check_idx_files(folder):
 
 def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
            rank=0, world_size=1, device=None, holdout=(), train_classes=None,
-           lfw_split="view1", lfw_min_images=1, lfw_threshold_people=0):
+           lfw_split="view1", lfw_min_images=1, lfw_threshold_people=0, augment="crop-flip"):
     """Load dataset `name` (one of DATASETS) with torchvision, downloading it to `root`
     when missing. `num_workers` is accepted for compatibility with the popular script
     and unused: batches are drawn from memory. `batch_size` is the global batch; with
@@ -261,8 +320,8 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
 
     LFW (`name` 'lfw', see `load_lfw`) trains and tests by its protocol split
     `lfw_split` (`lfw_threshold_people`: see load_lfw's `threshold_people`); training
-    batches are cropped at random and mirrored (`RandomCropFlip`), test batches cropped in
-    the middle, both to 64 x 64.
+    batches are cropped at random and mirrored (`RandomCropFlip`; `augment` 'strong':
+    `StrongAugment`), test batches cropped in the middle, both to 64 x 64.
     """
     if name not in NAMES:
         raise ValueError(f"dataset must be one of {NAMES}, got {name!r}")
@@ -279,7 +338,8 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
                                  "--holdout-classes")
             o = load_lfw(root, lfw_split, lfw_min_images, train_classes=train_classes,
                          seed=seed, threshold_people=lfw_threshold_people)
-            transforms = (RandomCropFlip(LFW_INPUT, generator), center_crop(LFW_INPUT))
+            augment_class = {"crop-flip": RandomCropFlip, "strong": StrongAugment}[augment]
+            transforms = (augment_class(LFW_INPUT, generator), center_crop(LFW_INPUT))
         train, test = (o["train"], o["test"])
         mean, std = o["mean"], o["std"]
         classes, num_seen, extra = o["classes"], o["num_seen"], o["extra"]

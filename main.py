@@ -103,6 +103,10 @@ def get_parser():
                    help="lfw: the training people with at least N images are the softmax "
                         "classes (1: all of them; 2 was better on View 1, docs/lfw.md); the "
                         "others' images still serve the threshold pairs")
+    p.add_argument("--augment", type=str, default="crop-flip", choices=["crop-flip", "strong"],
+                   help="lfw: the training images' augmentation: a random 64 x 64 crop of the "
+                        "72 x 72 stored and a mirror (crop-flip), or strong: a random resized "
+                        "crop, the mirror, colour jitter and random erasing")
     p.add_argument("--lfw-threshold-people", type=nonneg_int, default=0, metavar="H",
                    help="lfw: hold H of the training people with two or more images out of "
                         "training (drawn with --seed) and choose the verification threshold on "
@@ -458,7 +462,7 @@ def resolve_defaults(args, given):
         takes = "3 x 64 x 64 face crops" if lfw else "1 x 28 x 28 glyphs"
         fits = "resnet10 or resnet18" if lfw else "cnn"
         raise ValueError(f"-d {args.dataset} has {takes}: --model {fits}, not {args.model}")
-    for flag in ("lfw_split", "lfw_min_images", "lfw_threshold_people"):
+    for flag in ("lfw_split", "lfw_min_images", "lfw_threshold_people", "augment"):
         if flag in given and not lfw:
             raise ValueError(f"--{flag.replace('_', '-')} is for -d lfw, not {args.dataset}")
 
@@ -470,7 +474,8 @@ RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-
                 "train_classes": "--train-classes", "optimizer": "--optimizer",
                 "lfw_split": "--lfw-split", "lfw_min_images": "--lfw-min-images",
                 "lfw_threshold_people": "--lfw-threshold-people", "head": "--head",
-                "lr_schedule": "--lr-schedule", "center_feature": "--center-feature"}
+                "lr_schedule": "--lr-schedule", "center_feature": "--center-feature",
+                "augment": "--augment"}
 
 
 def given_flags(argv):
@@ -498,7 +503,8 @@ def load_resume(args, given):
     # Checkpoints older than a flag hold its default.
     saved = dict({"train_classes": None, "optimizer": "sgd", "lfw_split": "view1",
                   "lfw_min_images": 1, "lfw_threshold_people": 0, "head": "softmax",
-                  "lr_schedule": "step", "center_feature": "raw"}, **ckpt["args"],
+                  "lr_schedule": "step", "center_feature": "raw", "augment": "crop-flip"},
+                 **ckpt["args"],
                  holdout=ckpt.get("holdout_classes", []))
     if args.evaluate:  # evaluating needs no flags repeated, only none contradicted
         for key in [*RESUME_FLAGS, "weight_cent", "seed"]:  # seed: which --train-classes
@@ -619,7 +625,8 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
                                   rank=rank, world_size=world, device=device,
                                   holdout=args.holdout, train_classes=args.train_classes,
                                   lfw_split=args.lfw_split, lfw_min_images=args.lfw_min_images,
-                                  lfw_threshold_people=args.lfw_threshold_people)
+                                  lfw_threshold_people=args.lfw_threshold_people,
+                                  augment=args.augment)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if ckpt is not None and ckpt.get("classes", dataset.classes) != dataset.classes:

@@ -148,7 +148,8 @@ LFW_RECIPE = [dict(epochs=4 * LFW_MAX_EPOCH)]
 LFW_THRESHOLD_PEOPLE = 100
 LFW_HEADS = [dict(schedule="cosine"), dict(head="arcface", lr=LFW_COSFACE_LR),
              dict(head="cosface", lr=LFW_COSFACE_LR)]
-LFW_LEVERS = [dict(threshold_people=LFW_THRESHOLD_PEOPLE), dict(dim=128), dict(model="resnet18")]
+LFW_LEVERS = [dict(threshold_people=LFW_THRESHOLD_PEOPLE), dict(augment="strong"), dict(dim=128),
+              dict(model="resnet18")]
 # Center loss on the L2-normalised feature beside ArcFace, which compares directions only. λ
 # for the same pull (experiments/center_scale.py on the 80-epoch λ 0.003 View 1 run): its
 # training features' squared norm is 202 on average, the center term's gradient per unit λ
@@ -226,7 +227,7 @@ def fashion_runs(seed=1):
 def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
              k=None, head="softmax", split="view1", min_images=1, epochs=None,
              model="resnet10", people=None, schedule="step", warmup=0, threshold_people=0,
-             center_feature="raw"):
+             center_feature="raw", augment="crop-flip"):
     if dataset == LFW:
         name = f"{LFW}-{split}" + (f"-{head}" if head != "softmax" else "")
         name += f"-lam{lam:g}" + (f"-alpha{alpha:g}" if lam else "")
@@ -240,6 +241,7 @@ def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=
         name += f"-warmup{warmup}" if warmup else ""
         name += f"-thr{threshold_people}" if threshold_people else ""
         name += "-normalised" if center_feature != "raw" else ""
+        name += f"-{augment}aug" if augment != "crop-flip" else ""
         return name + (f"-seed{seed}" if seed != 1 else "")
     epochs = OMNIGLOT_MAX_EPOCH if epochs is None else epochs
     if dataset == OMNIGLOT:
@@ -256,14 +258,15 @@ def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=
 def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
               k=None, head="softmax", split="view1", min_images=1, epochs=None,
               model="resnet10", people=None, schedule="step", warmup=0, threshold_people=0,
-              center_feature="raw"):
+              center_feature="raw", augment="crop-flip"):
     if dataset == LFW:
         epochs = epochs or LFW_MAX_EPOCH
         dim = LFW_DIM if dim == 2 else dim
         levers = (["--lr-schedule", schedule] if schedule != "step" else []) + (
             ["--weight-cent-warmup", str(warmup)] if warmup else []) + (
             ["--lfw-threshold-people", str(threshold_people)] if threshold_people else []) + (
-            ["--center-feature", center_feature] if center_feature != "raw" else [])
+            ["--center-feature", center_feature] if center_feature != "raw" else []) + (
+            ["--augment", augment] if augment != "crop-flip" else [])
         return ["-d", LFW, "--lfw-split", split, "--lfw-min-images", str(min_images),
                 "--model", model, "--feat-dim", str(dim), "--head", head,
                 "--center-update", "paper", "--lr-cent", f"{alpha:g}", "--weight-cent",
@@ -712,6 +715,8 @@ def lfw_recipe_describe(s):
         change.append(f"threshold on {s['threshold_people']} held-out people")
     if s.get("center_feature", "raw") != "raw":
         change.append("center loss on the normalised feature")
+    if s.get("augment", "crop-flip") != "crop-flip":
+        change.append("strong augmentation (resized crop, colour jitter, erasing)")
     arm = f"λ {s['lam']:g}" if s["lam"] else "softmax only"
     return f"{', '.join(change) or 'as it starts'}: {arm}"
 

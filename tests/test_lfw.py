@@ -239,6 +239,9 @@ def test_cli_flag_errors(capsys):
             (["-d", "lfw", "--lfw-split", "fold11"],
              "argument --lfw-split: invalid choice: 'fold11'"),
             (["--lfw-split", "fold2"], "--lfw-split is for -d lfw, not mnist"),
+            (["--augment", "strong"], "--augment is for -d lfw, not mnist"),
+            (["-d", "omniglot", "--lfw-threshold-people", "10"],
+             "--lfw-threshold-people is for -d lfw, not omniglot"),
             (["-d", "lfw", "--model", "cnn"], "-d lfw has 3 x 64 x 64 face crops: --model "
                                               "resnet10 or resnet18, not cnn"),
             (["--model", "resnet10"], "-d mnist has 1 x 28 x 28 glyphs: --model cnn, not resnet10"),
@@ -364,6 +367,44 @@ def test_random_crop_flip_is_a_seeded_window_and_splits_over_ranks():
     halves = [datasets.RandomCropFlip(6, g0)(images[:2], 0, 4),
               datasets.RandomCropFlip(6, g1)(images[2:], 2, 4)]
     assert torch.equal(torch.cat(halves), out)
+
+
+def test_strong_augmentation():
+    """--augment strong: seeded, split over ranks as one process; with the whole image as
+    the box and nothing else, a bilinear resize (mirrored or not); jitter and erasing as
+    documented."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 72, 72), dtype=torch.uint8, generator=g)
+    out = datasets.StrongAugment(64, torch.Generator().manual_seed(5))(images)
+    again = datasets.StrongAugment(64, torch.Generator().manual_seed(5))(images)
+    assert torch.equal(out, again) and out.shape == (8, 3, 64, 64) and out.dtype == torch.float32
+    assert 0 <= out.min() and out.max() <= 255
+    g0, g1 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    halves = [datasets.StrongAugment(64, g0)(images[:3], 0, 8),
+              datasets.StrongAugment(64, g1)(images[3:], 3, 8)]
+    assert torch.allclose(torch.cat(halves), out)
+    plain = datasets.StrongAugment(64, torch.Generator().manual_seed(5), scale=(1, 1),
+                                   ratio=(1, 1), jitter=0, erase_p=0)(images)
+    resized = F.interpolate(images.float(), size=64, mode="bilinear", align_corners=False)
+    mirrored = [torch.allclose(p, r.flip(2), atol=0.01) for p, r in zip(plain, resized)]
+    assert all(m or torch.allclose(p, r, atol=0.01) for m, p, r in zip(mirrored, plain, resized))
+    assert 0 < sum(mirrored) < 8
+    # Brightness alone (jitter without contrast or saturation moving a flat grey image):
+    # each image scaled by one factor within 1 +- 0.2.
+    grey = torch.full((8, 3, 72, 72), 100, dtype=torch.uint8)
+    lit = datasets.StrongAugment(64, torch.Generator().manual_seed(5), erase_p=0)(grey)
+    assert all(80 - 1e-3 <= v <= 120 + 1e-3 for v in lit.flatten(1).max(1).values.tolist())
+    assert all(torch.allclose(x, x.flatten()[0]) for x in lit)  # flat stays flat
+    # Erasing sets a box to the image's mean colour: on a half-black, half-white image some
+    # pixels take a middle value no crop of it has.
+    half = torch.zeros(8, 3, 72, 72, dtype=torch.uint8)
+    half[:, :, :, 36:] = 255
+    middle = [((x > 20) & (x < 235)).flatten(1).sum(1) for x in (
+        datasets.StrongAugment(64, torch.Generator().manual_seed(5), scale=(1, 1), ratio=(1, 1),
+                               jitter=0, erase_p=p)(half) for p in (0, 1))]
+    # a box of at least 2% of 64 x 64 px (82) and aspect 0.3-3.3 (at most 16 px high), in 3
+    # channels, less where it meets the grey column that resizing makes at the edge
+    assert (middle[1] - middle[0] >= 3 * (82 - 2 * 16)).all(), middle
 
 
 def test_test_features_are_the_image_plus_its_mirror(tiny_lfw, own_sums):
@@ -601,6 +642,14 @@ def test_threshold_on_held_out_training_people(tmp_path, tiny_lfw, own_sums, cap
     assert scores["threshold_people"] == held and scores["threshold_pairs"] == 18
     assert not set(held) & set(scores["trained_people"])
     assert checkpoint(save_dir)["args"]["lfw_threshold_people"] == 3
+
+
+def test_train_with_strong_augmentation(tmp_path, tiny_lfw, own_sums, capsys):
+    save_dir = str(tmp_path / "run")
+    main.main(["-d", "lfw", "--data-root", tiny_lfw, "--save-dir", save_dir, *FAST,
+               "--batch-size", "8", "--max-epoch", "1", "--feat-dim", "16", "--augment", "strong"])
+    assert "Finished." in capsys.readouterr().out
+    assert checkpoint(save_dir)["args"]["augment"] == "strong"
 
 
 def test_a_packed_copy_of_lfw_loads_as_the_original(tiny_lfw, own_sums, tmp_path):
