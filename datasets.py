@@ -302,7 +302,8 @@ def _check_idx_files(folder):
 
 def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
            rank=0, world_size=1, device=None, holdout=(), train_classes=None,
-           lfw_split="view1", lfw_min_images=1, lfw_threshold_people=0, augment="crop-flip"):
+           lfw_split="view1", lfw_min_images=1, lfw_threshold_people=0, augment="crop-flip",
+           input_size=None):
     """Load dataset `name` (one of DATASETS) with torchvision, downloading it to `root`
     when missing. `num_workers` is accepted for compatibility with the popular script
     and unused: batches are drawn from memory. `batch_size` is the global batch; with
@@ -321,7 +322,7 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
     LFW (`name` 'lfw', see `load_lfw`) trains and tests by its protocol split
     `lfw_split` (`lfw_threshold_people`: see load_lfw's `threshold_people`); training
     batches are cropped at random and mirrored (`RandomCropFlip`; `augment` 'strong':
-    `StrongAugment`), test batches cropped in the middle, both to 64 x 64.
+    `StrongAugment`), test batches cropped in the middle, both to 64 x 64 (`input_size`).
     """
     if name not in NAMES:
         raise ValueError(f"dataset must be one of {NAMES}, got {name!r}")
@@ -336,10 +337,11 @@ def create(name, batch_size, use_gpu, num_workers=4, root="./data", seed=1,
             if holdout:
                 raise ValueError("LFW's protocol files say who is trained on: no "
                                  "--holdout-classes")
+            size = input_size or LFW_INPUT
             o = load_lfw(root, lfw_split, lfw_min_images, train_classes=train_classes,
-                         seed=seed, threshold_people=lfw_threshold_people)
+                         seed=seed, threshold_people=lfw_threshold_people, input_size=size)
             augment_class = {"crop-flip": RandomCropFlip, "strong": StrongAugment}[augment]
-            transforms = (augment_class(LFW_INPUT, generator), center_crop(LFW_INPUT))
+            transforms = (augment_class(size, generator), center_crop(size))
         train, test = (o["train"], o["test"])
         mean, std = o["mean"], o["std"]
         classes, num_seen, extra = o["classes"], o["num_seen"], o["extra"]
@@ -736,17 +738,26 @@ LFW_STORED, LFW_INPUT = 72, 64
 LFW_URL = "https://vis-www.cs.umass.edu/lfw/"
 
 
-def _decode_face(source, name):
-    """One deep-funneled LFW image (250 x 250 JPEG) as uint8 (3, 72, 72): decoded at half
-    scale and cropped to its middle 72 x 72, that is the middle 144 x 144 px of the
-    original. A 72 x 72 image is such a crop already (a packed copy of LFW) and is taken
-    as it is. `name` names the file in the ValueError for a truncated or undecodable one."""
+def _decode_face(source, name, stored=LFW_STORED):
+    """One deep-funneled LFW image (250 x 250 JPEG) as uint8 (3, stored, stored), the middle
+    144 x 144 px of the original. At 72 (64 x 64 inputs): decoded at half scale and cropped
+    to its middle 72 x 72; a 72 x 72 image is such a crop already (a packed copy of LFW)
+    and is taken as it is. Larger (--input-size 96, 112): decoded at full size, its middle
+    144 x 144 px resized to `stored` (Pillow's bilinear, which filters as it shrinks).
+    `name` names the file in the ValueError for a truncated or undecodable one."""
     try:
         from PIL import Image
         with Image.open(source) as im:
-            if im.size == (LFW_STORED, LFW_STORED):  # a crop already (experiments/lfw_pack.py)
+            if stored == LFW_STORED and im.size == (LFW_STORED, LFW_STORED):
                 return np.ascontiguousarray(np.asarray(im.convert("RGB"), np.uint8)
                                             .transpose(2, 0, 1))
+            if stored != LFW_STORED:
+                im = im.convert("RGB")
+                lo = (im.size[0] - 2 * LFW_STORED) // 2
+                im = im.crop((lo, lo, lo + 2 * LFW_STORED, lo + 2 * LFW_STORED))
+                face = np.asarray(im.resize((stored, stored), Image.Resampling.BILINEAR),
+                                  np.uint8)
+                return np.ascontiguousarray(face.transpose(2, 0, 1))
             im.draft("RGB", (LFW_DECODED, LFW_DECODED))  # JPEG only: decodes at 1/2 scale
             im = im.convert("RGB")
             if im.size != (LFW_DECODED, LFW_DECODED):
@@ -764,6 +775,14 @@ def _decode_face(source, name):
 DECODERS = {"omniglot28": (lambda source, name: _decode(source, name), (28, 28)),
             "lfw72": (lambda source, name: _decode_face(source, name),
                       (3, LFW_STORED, LFW_STORED))}
+# --input-size: the same 144 px of face at a higher resolution; stored 9/8 of the input, as
+# 72 for 64, so that training crops move by up to 1/16 of the face.
+LFW_INPUT_SIZES = (64, 96, 112)
+for _size in LFW_INPUT_SIZES[1:]:
+    _stored = _size * 9 // 8
+    DECODERS[f"lfw{_stored}"] = (functools.partial(
+        lambda source, name, stored: _decode_face(source, name, stored), stored=_stored),
+        (3, _stored, _stored))
 
 
 def _lfw_folder(root):
@@ -992,8 +1011,9 @@ def _channel_stats(images):
 
 
 def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, seed=1,
-             threshold_people=0):
-    """LFW split `split` (see `lfw_protocol`) as uint8 (N, 3, 72, 72) face crops:
+             threshold_people=0, input_size=LFW_INPUT):
+    """LFW split `split` (see `lfw_protocol`) as uint8 (N, 3, 72, 72) face crops (9/8 of
+    `input_size` a side: 108 x 108 for 96, 126 x 126 for 112):
 
     - train: the images of the training people with at least `min_images` images, the
       softmax classes (labels 0..K-1, people in the protocol file's order), or only
@@ -1045,7 +1065,10 @@ def load_lfw(root, split="view1", min_images=1, md5s=None, train_classes=None, s
                 torch.tensor([same for _, _, same in pairs], dtype=torch.bool))
 
     parent = os.path.join(_lfw_folder(root), "lfw-deepfunneled")
-    images = _decode_all(parent, [_lfw_file(*f) for f in train_files + files], "lfw72")
+    if input_size not in LFW_INPUT_SIZES:
+        raise ValueError(f"--input-size must be one of {LFW_INPUT_SIZES}, got {input_size!r}")
+    images = _decode_all(parent, [_lfw_file(*f) for f in train_files + files],
+                         f"lfw{input_size * 9 // 8}")
     train_images, test_images = images[:len(train_files)], images[len(train_files):]
     mean, std = _channel_stats(train_images)
     pairs, same = indices(p["test_pairs"])

@@ -107,6 +107,9 @@ def get_parser():
                    help="lfw: the training images' augmentation: a random 64 x 64 crop of the "
                         "72 x 72 stored and a mirror (crop-flip), or strong: a random resized "
                         "crop, the mirror, colour jitter and random erasing")
+    p.add_argument("--input-size", type=int, default=64, choices=datasets.LFW_INPUT_SIZES,
+                   help="lfw: the side of the network's input, the same 128 px of face at a "
+                        "higher resolution above 64 (the paper: 112 x 96)")
     p.add_argument("--lfw-threshold-people", type=nonneg_int, default=0, metavar="H",
                    help="lfw: hold H of the training people with two or more images out of "
                         "training (drawn with --seed) and choose the verification threshold on "
@@ -462,7 +465,8 @@ def resolve_defaults(args, given):
         takes = "3 x 64 x 64 face crops" if lfw else "1 x 28 x 28 glyphs"
         fits = "resnet10 or resnet18" if lfw else "cnn"
         raise ValueError(f"-d {args.dataset} has {takes}: --model {fits}, not {args.model}")
-    for flag in ("lfw_split", "lfw_min_images", "lfw_threshold_people", "augment"):
+    for flag in ("lfw_split", "lfw_min_images", "lfw_threshold_people", "augment",
+                 "input_size"):
         if flag in given and not lfw:
             raise ValueError(f"--{flag.replace('_', '-')} is for -d lfw, not {args.dataset}")
 
@@ -475,7 +479,7 @@ RESUME_FLAGS = {"dataset": "--dataset", "model": "--model", "feat_dim": "--feat-
                 "lfw_split": "--lfw-split", "lfw_min_images": "--lfw-min-images",
                 "lfw_threshold_people": "--lfw-threshold-people", "head": "--head",
                 "lr_schedule": "--lr-schedule", "center_feature": "--center-feature",
-                "augment": "--augment"}
+                "augment": "--augment", "input_size": "--input-size"}
 
 
 def given_flags(argv):
@@ -503,7 +507,8 @@ def load_resume(args, given):
     # Checkpoints older than a flag hold its default.
     saved = dict({"train_classes": None, "optimizer": "sgd", "lfw_split": "view1",
                   "lfw_min_images": 1, "lfw_threshold_people": 0, "head": "softmax",
-                  "lr_schedule": "step", "center_feature": "raw", "augment": "crop-flip"},
+                  "lr_schedule": "step", "center_feature": "raw", "augment": "crop-flip",
+                  "input_size": 64},
                  **ckpt["args"],
                  holdout=ckpt.get("holdout_classes", []))
     if args.evaluate:  # evaluating needs no flags repeated, only none contradicted
@@ -547,8 +552,9 @@ def interrupted_message(args, argv, saved_epoch, path):
 def build(args, dataset, use_gpu, device, world):
     """The model, both losses, both optimizers and the scheduler of the popular script."""
     print("Creating model: {}".format(args.model))
+    sized = {"input_size": args.input_size} if args.model != "cnn" else {}
     model = models.create(name=args.model, num_classes=dataset.num_classes,
-                          feat_dim=args.feat_dim, head=args.head)
+                          feat_dim=args.feat_dim, head=args.head, **sized)
     model = model.to(device)
     if getattr(args, "channels_last", args.amp):
         model = model.to(memory_format=torch.channels_last)
@@ -626,7 +632,7 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
                                   holdout=args.holdout, train_classes=args.train_classes,
                                   lfw_split=args.lfw_split, lfw_min_images=args.lfw_min_images,
                                   lfw_threshold_people=args.lfw_threshold_people,
-                                  augment=args.augment)
+                                  augment=args.augment, input_size=args.input_size)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if ckpt is not None and ckpt.get("classes", dataset.classes) != dataset.classes:

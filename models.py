@@ -189,14 +189,20 @@ class FaceResNet(nn.Module):
     feat_dim 512 it has 3.33 M parameters before the classifier and takes 0.13 GFLOPs
     (2 x multiply-adds) a 64 x 64 image; ``resnet18`` (2, 2, 2, 2): 4.89 M and 0.28.
 
-    Input (N, 3, 64, 64); ``forward`` returns ``(features (N, feat_dim), logits (N, C))``.
+    Input (N, 3, input_size, input_size), 64 by default; the feature layer reads the last
+    stage's whole map (4 x 4 at 64, 7 x 7 at 112, as insightface's flattened 7 x 7);
+    ``forward`` returns ``(features (N, feat_dim), logits (N, C))``.
     """
 
     input_shape = (3, 64, 64)
 
     def __init__(self, num_classes, feat_dim=512, head="softmax", blocks=(1, 1, 1, 1),
-                 widths=(32, 64, 128, 256)):
+                 widths=(32, 64, 128, 256), input_size=64):
         super().__init__()
+        if input_size % 2 ** len(widths):
+            raise ValueError(f"input_size must be a multiple of {2 ** len(widths)}, got "
+                             f"{input_size!r}")
+        self.input_shape = (3, input_size, input_size)
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0]))
         layers, cin = [], widths[0]

@@ -27,9 +27,11 @@ import utils  # noqa: E402
 
 def training_features(ckpt, data_root):
     a = ckpt["args"]
+    size = a.get("input_size", 64)
     d = datasets.create("lfw", 128, False, root=data_root, seed=a["seed"],
-                        lfw_split=a["lfw_split"], lfw_min_images=a["lfw_min_images"])
-    model = models.create(a["model"], d.num_classes, feat_dim=a["feat_dim"])
+                        lfw_split=a["lfw_split"], lfw_min_images=a["lfw_min_images"],
+                        input_size=size)
+    model = models.create(a["model"], d.num_classes, feat_dim=a["feat_dim"], input_size=size)
     model.load_state_dict(ckpt["model"])
     model.train()  # the features the loss sees while training
     xs, ys = [], []

@@ -49,8 +49,10 @@ def features(path, data_root):
     args = main.get_parser().parse_args(["--use-cpu"])
     vars(args).update({k: v for k, v in ckpt["args"].items() if k in vars(args)})
     args.channels_last, args.amp = True, False
-    dataset = datasets.create("lfw", 128, use_gpu=False, root=data_root,
-                              lfw_split=args.lfw_split, lfw_min_images=args.lfw_min_images)
+    dataset = datasets.create("lfw", 128, use_gpu=False, root=data_root, seed=args.seed,
+                              lfw_split=args.lfw_split, lfw_min_images=args.lfw_min_images,
+                              lfw_threshold_people=args.lfw_threshold_people,
+                              input_size=args.input_size)
     model = main.build(args, dataset, False, "cpu", 1)[0]
     model.load_state_dict(ckpt["model"])
     model.eval()

@@ -149,7 +149,7 @@ LFW_THRESHOLD_PEOPLE = 100
 LFW_HEADS = [dict(schedule="cosine"), dict(head="arcface", lr=LFW_COSFACE_LR),
              dict(head="cosface", lr=LFW_COSFACE_LR)]
 LFW_LEVERS = [dict(threshold_people=LFW_THRESHOLD_PEOPLE), dict(augment="strong"), dict(dim=128),
-              dict(model="resnet18")]
+              dict(model="resnet18"), dict(input_size=96)]
 # Center loss on the L2-normalised feature beside ArcFace, which compares directions only. λ
 # for the same pull (experiments/center_scale.py on the 80-epoch λ 0.003 View 1 run): its
 # training features' squared norm is 202 on average, the center term's gradient per unit λ
@@ -227,7 +227,7 @@ def fashion_runs(seed=1):
 def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
              k=None, head="softmax", split="view1", min_images=1, epochs=None,
              model="resnet10", people=None, schedule="step", warmup=0, threshold_people=0,
-             center_feature="raw", augment="crop-flip"):
+             center_feature="raw", augment="crop-flip", input_size=64):
     if dataset == LFW:
         name = f"{LFW}-{split}" + (f"-{head}" if head != "softmax" else "")
         name += f"-lam{lam:g}" + (f"-alpha{alpha:g}" if lam else "")
@@ -242,6 +242,7 @@ def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=
         name += f"-thr{threshold_people}" if threshold_people else ""
         name += "-normalised" if center_feature != "raw" else ""
         name += f"-{augment}aug" if augment != "crop-flip" else ""
+        name += f"-in{input_size}" if input_size != 64 else ""
         return name + (f"-seed{seed}" if seed != 1 else "")
     epochs = OMNIGLOT_MAX_EPOCH if epochs is None else epochs
     if dataset == OMNIGLOT:
@@ -258,7 +259,7 @@ def run_name(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=
 def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed=1, lr=LR,
               k=None, head="softmax", split="view1", min_images=1, epochs=None,
               model="resnet10", people=None, schedule="step", warmup=0, threshold_people=0,
-              center_feature="raw", augment="crop-flip"):
+              center_feature="raw", augment="crop-flip", input_size=64):
     if dataset == LFW:
         epochs = epochs or LFW_MAX_EPOCH
         dim = LFW_DIM if dim == 2 else dim
@@ -266,7 +267,8 @@ def run_flags(dataset="mnist", open_set=False, dim=2, lam=0.003, alpha=0.5, seed
             ["--weight-cent-warmup", str(warmup)] if warmup else []) + (
             ["--lfw-threshold-people", str(threshold_people)] if threshold_people else []) + (
             ["--center-feature", center_feature] if center_feature != "raw" else []) + (
-            ["--augment", augment] if augment != "crop-flip" else [])
+            ["--augment", augment] if augment != "crop-flip" else []) + (
+            ["--input-size", str(input_size)] if input_size != 64 else [])
         return ["-d", LFW, "--lfw-split", split, "--lfw-min-images", str(min_images),
                 "--model", model, "--feat-dim", str(dim), "--head", head,
                 "--center-update", "paper", "--lr-cent", f"{alpha:g}", "--weight-cent",
@@ -717,6 +719,8 @@ def lfw_recipe_describe(s):
         change.append("center loss on the normalised feature")
     if s.get("augment", "crop-flip") != "crop-flip":
         change.append("strong augmentation (resized crop, colour jitter, erasing)")
+    if s.get("input_size", 64) != 64:
+        change.append(f"{s['input_size']} x {s['input_size']} input")
     arm = f"λ {s['lam']:g}" if s["lam"] else "softmax only"
     return f"{', '.join(change) or 'as it starts'}: {arm}"
 

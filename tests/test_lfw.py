@@ -681,3 +681,34 @@ def test_a_packed_copy_of_lfw_loads_as_the_original(tiny_lfw, own_sums, tmp_path
         for part in ("train", "test"):
             assert torch.equal(a[part][1], b[part][1])
             assert torch.equal(through_jpeg(a[part][0]), b[part][0])
+
+
+def test_a_larger_input_is_the_same_face_at_a_higher_resolution(tmp_path, tiny_lfw, own_sums,
+                                                                capsys):
+    """--input-size 96: the middle 144 px of each image resized to 108 x 108 (crops of 96
+    train the network, whose feature layer reads a 6 x 6 map); 64 stays as it was."""
+    from PIL import Image
+    small = datasets.load_lfw(tiny_lfw, "view1", min_images=2)
+    large = datasets.load_lfw(tiny_lfw, "view1", min_images=2, input_size=96)
+    assert small["train"][0].shape[1:] == (3, 72, 72)
+    assert large["train"][0].shape[1:] == (3, 108, 108)
+    assert large["classes"] == small["classes"] and torch.equal(large["test"][1], small["test"][1])
+    name = large["extra"]["files"][0]
+    person = name.rsplit("_", 1)[0]
+    with Image.open(os.path.join(tiny_lfw, "lfw-py", "lfw-deepfunneled", person,
+                                 name + ".jpg")) as im:
+        want = np.asarray(im.convert("RGB").crop((53, 53, 197, 197))
+                          .resize((108, 108), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+    assert torch.equal(large["test"][0][0], torch.from_numpy(want.copy()))
+    with pytest.raises(ValueError, match=r"--input-size must be one of \(64, 96, 112\), got 80"):
+        datasets.load_lfw(tiny_lfw, "view1", input_size=80)
+    with pytest.raises(ValueError, match="input_size must be a multiple of 16, got 100"):
+        models.create("resnet10", 5, input_size=100)
+    model = models.create("resnet10", 5, feat_dim=16, input_size=112)
+    assert model.fc.in_features == 256 * 7 * 7
+    assert model(torch.zeros(2, 3, 112, 112))[0].shape == (2, 16)
+    save_dir = str(tmp_path / "run")
+    main.main(["-d", "lfw", "--data-root", tiny_lfw, "--save-dir", save_dir, *FAST,
+               "--batch-size", "8", "--max-epoch", "1", "--feat-dim", "16", "--input-size", "96"])
+    assert "Finished." in capsys.readouterr().out
+    assert checkpoint(save_dir)["args"]["input_size"] == 96
