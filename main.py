@@ -168,6 +168,11 @@ def get_parser():
     p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument("--use-cpu", action="store_true",
                    help="train on the CPU even where CUDA is available")
+    p.add_argument("--compile", type=str, default="none",
+                   choices=["none", "default", "reduce-overhead"],
+                   help="torch.compile the model's training forward and backward (the test pass "
+                        "stays eager); reduce-overhead adds CUDA graphs on a GPU, against "
+                        "kernel-launch cost at small batches")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast and channels_last (CPU and CUDA; on the CPU "
                         "channels_last is the default anyway)")
@@ -291,8 +296,9 @@ def train(model, criterion_xent, criterion_cent, optimizer_model, optimizer_cent
                                       optimizer_cent, data, labels, args, weight_cent)
         meters.update(values, labels.size(0), batch_idx)
         if args.plot:
-            # kept on the device: one copy to the host an epoch, not a sync every batch
-            all_features.append(features.detach().float())
+            # kept on the device: one copy to the host an epoch, not a sync every batch; a
+            # copy of them, as CUDA graphs (--compile reduce-overhead) reuse their outputs
+            all_features.append(features.detach().float().clone())
             all_labels.append(labels)
         if (batch_idx + 1) % args.print_freq == 0:  # the one host sync: what the console shows
             (loss, xent, cent), (loss_avg, xent_avg, cent_avg) = read(meters, epoch)
@@ -689,6 +695,8 @@ def run(args, ckpt, use_gpu, device, rank, world, progress):
     # DDP averages the model's gradients over the ranks; CenterLoss(distributed=True)
     # does the same for the centers. Checkpoints hold the plain model's weights.
     trained = utils.wrap_ddp(model, device) if world > 1 else model
+    if getattr(args, "compile", "none") != "none":  # the same weights: checkpoints stay plain
+        trained = torch.compile(trained, mode=args.compile)
 
     # --plot's frames are drawn in a background process while the next epoch trains, and
     # the GIFs assembled once, at the end or at an interruption (utils.Plotter).

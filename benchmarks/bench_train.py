@@ -4,6 +4,7 @@ spent outside the model step.
 
     python benchmarks/bench_train.py --data-root ./data
     python benchmarks/bench_train.py --face --rounds 4   # LFW's resnet10, CPU (and GPU)
+    python benchmarks/bench_train.py --face --compile    # ... and torch.compile against eager
 
 Each pipeline trains LeNet++ + center loss with main.train_step (the same step main.py
 runs) over the first --images training images, after one warm-up batch. "data" is the
@@ -136,7 +137,7 @@ def plotting_cost(frames=30):
         return time.perf_counter() - start
 
 
-def face_race(rounds, steps, device, amp=False):
+def face_race(rounds, steps, device, amp=False, compile_modes=()):
     """Images/s of the face network's training step (resnet10, 512-D features, 4,038
     classes: LFW View 1's), contiguous vs channels_last, fp32 (and bf16 with `amp`), on
     synthetic uint8 batches of 72 x 72 crops through the training pipeline (random
@@ -149,9 +150,12 @@ def face_race(rounds, steps, device, amp=False):
     crop = datasets.RandomCropFlip(64, g)
     mean, std = [0.53, 0.42, 0.35], [0.26, 0.22, 0.22]
     setups = {}
-    for name, channels_last, use_amp in (("fp32, contiguous", False, False),
-                                         ("fp32, channels_last", True, False),
-                                         ("bf16 autocast, channels_last", True, True)):
+    variants = [("fp32, contiguous", False, False, None),
+                ("fp32, channels_last", True, False, None),
+                ("bf16 autocast, channels_last", True, True, None)]
+    variants += [(f"fp32, channels_last, torch.compile {m}", True, False, m)
+                 for m in compile_modes]
+    for name, channels_last, use_amp, mode in variants:
         if use_amp and not amp:
             continue
         args = main.get_parser().parse_args(["-d", "lfw", "--weight-cent", "0.003",
@@ -166,6 +170,8 @@ def face_race(rounds, steps, device, amp=False):
         cent = CenterLoss(4038, 512, use_gpu=device != "cpu", update="paper").to(device)
         opt_m = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         opt_c = torch.optim.SGD(cent.parameters(), lr=0.5)
+        if mode is not None:  # as main.py --compile: the training forward and backward
+            model = torch.compile(model, mode=mode)
         setups[name] = (model, torch.nn.CrossEntropyLoss(), cent, opt_m, opt_c, args)
 
     def batches():
@@ -173,8 +179,9 @@ def face_race(rounds, steps, device, amp=False):
             part = slice(128 * i, 128 * (i + 1))
             x = datasets.normalise(crop(images[part].to(device)), mean, std)
             yield x, labels[part].to(device)
-    for name, s in setups.items():  # warm-up: one-off allocations, cuDNN's choice
-        main.train_step(*s[:5], *next(batches()), s[5])
+    for name, s in setups.items():  # warm-up: one-off allocations, cuDNN's choice, compiling
+        for data, target in list(batches())[:3]:  # CUDA graphs record on the third call
+            main.train_step(*s[:5], data, target, s[5])
     times = {name: [] for name in setups}
     for r in range(rounds):
         for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
@@ -202,6 +209,9 @@ def main_():
                    help="only the face network (resnet10 on LFW-sized batches): images/s by "
                         "layout, on the CPU and, where there is one, on the GPU")
     p.add_argument("--amp", action="store_true", help="with --face: bf16 autocast too")
+    p.add_argument("--compile", action="store_true",
+                   help="with --face: torch.compile too (default mode; on a GPU also "
+                        "reduce-overhead, CUDA graphs), against eager")
     args = p.parse_args()
     if args.face:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -211,7 +221,9 @@ def main_():
                     else f"CPU, {torch.get_num_threads()} threads")
             print(f"torch {torch.__version__}, {what}: resnet10 (512-D, 4,038 classes) + center "
                   f"loss, batch 128, {args.rounds} alternating rounds of {steps} batches")
-            times = face_race(args.rounds, steps, device, args.amp)
+            modes = (["default"] + (["reduce-overhead"] if device == "cuda" else [])
+                     if args.compile else [])
+            times = face_race(args.rounds, steps, device, args.amp, modes)
             print("| device | layout | images/s, median | min | max |")
             print("|---|---|---:|---:|---:|")
             for name, t in times.items():
