@@ -597,8 +597,13 @@ def draw_classes(classes, k, seed, what):
     if not isinstance(k, int) or not 2 <= k <= len(classes):
         raise ValueError(f"--train-classes must be an integer from 2 to {len(classes)} "
                          f"({what}), got {k!r}")
+    return _draw(classes, k, seed)
+
+
+def _draw(items, k, seed):
+    """`k` of the list `items` drawn at random with `seed`, in their order."""
     g = torch.Generator().manual_seed(seed)
-    return [classes[j] for j in sorted(torch.randperm(len(classes), generator=g)[:k].tolist())]
+    return [items[j] for j in sorted(torch.randperm(len(items), generator=g)[:k].tolist())]
 
 
 def load_omniglot(root, train_classes=None, seed=1):
@@ -965,8 +970,7 @@ def hold_out_people(classes, count, seed, split):
         raise ValueError(f"--lfw-threshold-people must be 0 or an integer from 2 to "
                          f"{len(able) - 2} (LFW {split}'s training people with two or more "
                          f"images, less the two that training needs), got {count!r}")
-    g = torch.Generator().manual_seed(seed)
-    return [able[j] for j in sorted(torch.randperm(len(able), generator=g)[:count].tolist())]
+    return _draw(able, count, seed)
 
 
 def threshold_people_pairs(people, seed, per_person=THRESHOLD_IMAGES_PER_PERSON):

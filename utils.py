@@ -246,10 +246,12 @@ class LossMeters:
 
     def read(self):
         """(last values, averages, None) as floats, or with (batch index, loss) of the
-        first non-finite loss as the third."""
-        bad = int(self.bad_batch)
-        return (self.last.tolist(), (self.sums / self.count).tolist(),
-                (bad, self.bad_value.item()) if bad >= 0 else None)
+        first non-finite loss as the third: one copy from the device (float32 values are
+        exact in float64)."""
+        numbers = torch.cat([self.last.double(), self.sums / self.count,
+                             self.bad_batch.double().view(1), self.bad_value.double().view(1)])
+        *last, bad, bad_value = numbers.tolist()
+        return last[:3], last[3:], (int(bad), bad_value) if bad >= 0 else None
 
 
 def project_2d(features):
